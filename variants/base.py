@@ -1,0 +1,215 @@
+"""The contract every variant honours, and the shared single-Gaussian-latent machinery.
+
+Shapes: ``B`` examples, ``D = prod(x_shape)`` observed dimensions, ``k`` samples per example,
+``d`` latent dimensions. Inputs may be ``[B, *x_shape]`` or flat ``[B, D]``.
+
+The one method everything is computed from is :meth:`VAE.terms`: for ``z_j ~ q(z | x)``,
+``j = 1..k``, it returns ``log p(x | z_j)``, ``log p(z_j)`` and ``log q(z_j | x)`` as ``[k, B]``
+tensors. Their combination ``log w_j = log p(x, z_j) - log q(z_j | x)`` gives
+
+* the ELBO            ``mean_j log w_j``                        (Kingma & Welling 2014),
+* the IWAE bound      ``logmeanexp_j log w_j``                  (Burda et al. 2016),
+* the log-likelihood  the IWAE bound for large ``k`` (a consistent, downward-biased estimate).
+
+``mode`` says how ``z`` is drawn and which gradients the terms carry; a gradient estimator
+(``bench.objectives``) picks the mode it needs, and a variant declares the modes it supports in
+``modes``:
+
+``"reparam"``             ``z = g(eps, lambda)``, gradients flow through ``z`` and ``lambda``.
+``"stop-q"``              as ``"reparam"`` but ``log q`` is evaluated with ``lambda`` detached
+                          (its gradient is only the path through ``z``: STL, DReG).
+``"score"``               ``z`` is detached (``q.sample()``); ``log q`` keeps its gradient, the
+                          score ``grad log q(z | x)`` (REINFORCE, VIMCO; exact discrete samples).
+``"relaxed"``             Gumbel-softmax relaxed samples (discrete latents only).
+``"straight-through"``    one-hot forward, relaxed backward (discrete latents only).
+
+For the amortization gap (Cremer, Li & Duvenaud 2018) the encoder's output is an explicit tensor
+``lambda(x) = variational_params(x)`` of shape ``[B, P]``; ``terms(x, k, params=lam)`` evaluates
+the same family at any ``lam`` (for instance free per-datapoint parameters).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal, kl_divergence
+
+MODES = ("reparam", "stop-q", "score", "relaxed", "straight-through")
+
+
+@dataclass
+class LogWeightTerms:
+    """The pieces of ``log w = log p(x | z) + log p(z) - log q(z | x)``, each ``[k, B]``.
+
+    ``kl`` is the closed-form ``KL(q(z | x) || p(z))`` per example (``[B]``) where it exists
+    for the drawn family, else ``None``; the ELBO objective uses it to lower the variance.
+    ``log_pz`` is the prior over all latent levels (``log p(z2) + log p(z1 | z2)`` for two).
+    """
+
+    log_px_z: Tensor
+    log_pz: Tensor
+    log_qz: Tensor
+    kl: Tensor | None = None
+
+    @property
+    def log_w(self) -> Tensor:
+        return self.log_px_z + self.log_pz - self.log_qz
+
+
+def flat(x: Tensor) -> Tensor:
+    """``[B, *x_shape] -> [B, D]``."""
+    return x.reshape(x.shape[0], -1)
+
+
+class VAE(nn.Module):
+    """Base class of every variant. Subclasses implement :meth:`terms` and :meth:`sample`.
+
+    Class attributes a variant sets:
+
+    * ``latent``: ``"continuous"`` or ``"discrete"``;
+    * ``modes``: the sampling modes :meth:`terms` supports (see the module docstring);
+    * ``default_objective`` and ``default_k``: what the variant trains with when a suite does not
+      say (``iwae`` is the vanilla networks with the IWAE objective, for instance);
+    * ``eval_mode``: the mode used by :meth:`log_weights` (exact samples of ``q``).
+    """
+
+    name: ClassVar[str] = "?"
+    latent: ClassVar[str] = "continuous"
+    modes: ClassVar[frozenset[str]] = frozenset({"reparam", "stop-q", "score"})
+    default_objective: ClassVar[str] = "elbo"
+    default_k: ClassVar[int] = 1
+    eval_mode: ClassVar[str] = "reparam"
+
+    def __init__(self, x_shape: tuple[int, ...], likelihood: str) -> None:
+        super().__init__()
+        if likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+        self.x_shape = tuple(int(s) for s in x_shape)
+        self.x_dim = math.prod(self.x_shape)
+        self.likelihood = likelihood
+
+    # -- the contract --------------------------------------------------------------------------
+    def terms(
+        self, x: Tensor, k: int = 1, *, params: Tensor | None = None, mode: str = "reparam"
+    ) -> LogWeightTerms:
+        raise NotImplementedError
+
+    def log_weights(self, x: Tensor, k: int = 1, params: Tensor | None = None) -> Tensor:
+        """``log p(x, z_j) - log q(z_j | x)`` for ``z_j ~ q(. | x)``: ``[k, B]``."""
+        return self.terms(x, k, params=params, mode=self.eval_mode).log_w
+
+    def variational_params(self, x: Tensor) -> Tensor:
+        """``lambda(x)``, the encoder's output as one ``[B, P]`` tensor."""
+        raise NotImplementedError
+
+    def sample(self, n: int, mean: bool = False) -> Tensor:
+        """``n`` draws from the model, ``[n, *x_shape]`` (``mean=True``: the decoder's mean)."""
+        raise NotImplementedError
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def check_mode(self, mode: str) -> None:
+        if mode not in self.modes:
+            raise ValueError(
+                f"variant {self.name!r} does not support sampling mode {mode!r}; "
+                f"it supports {sorted(self.modes)}"
+            )
+
+
+class Decoder(nn.Module):
+    """``p(x | z)``: an MLP from ``z`` to Bernoulli logits or a Gaussian mean.
+
+    The Gaussian has a learned per-dimension scale ``exp(log_scale)`` (independent of ``z``),
+    floored at ``min_scale`` so that constant pixels cannot drive the density to infinity.
+    ``forward(z)`` with ``z: [..., d]`` returns a distribution with event shape ``[D]``.
+    """
+
+    def __init__(self, net: nn.Module, x_dim: int, likelihood: str, min_scale: float = 1e-2):
+        super().__init__()
+        self.net = net
+        self.likelihood = likelihood
+        self.min_scale = min_scale
+        if likelihood == "gaussian":
+            self.log_scale = nn.Parameter(torch.zeros(x_dim))
+
+    def forward(self, z: Tensor) -> Distribution:
+        out = self.net(z)
+        if self.likelihood == "bernoulli":
+            return Independent(BernoulliLogits(out), 1)
+        scale = self.min_scale + nn.functional.softplus(self.log_scale + 0.5413)  # softplus(.)=1 at 0
+        return Independent(Normal(out, scale.expand_as(out)), 1)
+
+    def mean(self, z: Tensor) -> Tensor:
+        out = self.net(z)
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+
+class BernoulliLogits(torch.distributions.Bernoulli):
+    """Bernoulli parametrized by logits whose ``log_prob`` accepts intensities in [0, 1].
+
+    ``log_prob(x) = x * logits - softplus(logits)`` (the negative binary cross-entropy). It is a
+    normalized log-probability for binary ``x``; for grey levels it is the usual cross-entropy
+    surrogate, so the data loader binarizes by default and records the protocol.
+    """
+
+    def __init__(self, logits: Tensor) -> None:
+        super().__init__(logits=logits, validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return value * self.logits - nn.functional.softplus(self.logits)
+
+
+def diag_gaussian(params: Tensor) -> Independent:
+    """``params = [mu, log_sigma]`` (``[..., 2d]``) -> ``N(mu, diag(sigma^2))`` with event ``[d]``."""
+    mu, log_sigma = params.chunk(2, dim=-1)
+    return Independent(Normal(mu, log_sigma.exp()), 1)
+
+
+class GaussianLatentVAE(VAE):
+    """One diagonal-Gaussian latent layer, ``q(z | x) = N(mu(x), diag sigma(x)^2)``, ``p(z) = N(0, I)``.
+
+    Subclasses provide ``self.encoder`` (``[B, D] -> [B, 2d]``, i.e. ``lambda = [mu, log sigma]``)
+    and ``self.decoder`` (a :class:`Decoder`). This class gives the whole contract.
+    """
+
+    def __init__(self, x_shape, latent_dim: int, likelihood: str) -> None:
+        super().__init__(x_shape, likelihood)
+        self.latent_dim = int(latent_dim)
+        self.register_buffer("_zero", torch.zeros(()), persistent=False)
+
+    def prior(self) -> Distribution:
+        z = self._zero.expand(self.latent_dim)
+        return Independent(Normal(z, torch.ones_like(z)), 1)
+
+    def variational_params(self, x: Tensor) -> Tensor:
+        return self.encoder(flat(x))
+
+    def encode(self, x: Tensor) -> Distribution:
+        return diag_gaussian(self.variational_params(x))
+
+    def decode(self, z: Tensor) -> Distribution:
+        return self.decoder(z)
+
+    def terms(self, x, k=1, *, params=None, mode="reparam") -> LogWeightTerms:
+        self.check_mode(mode)
+        x = flat(x)
+        lam = self.variational_params(x) if params is None else params
+        q = diag_gaussian(lam)
+        z = q.sample((k,)) if mode == "score" else q.rsample((k,))  # [k, B, d]
+        log_qz = (diag_gaussian(lam.detach()) if mode == "stop-q" else q).log_prob(z)
+        prior = self.prior()
+        return LogWeightTerms(
+            log_px_z=self.decoder(z).log_prob(x),
+            log_pz=prior.log_prob(z),
+            log_qz=log_qz,
+            kl=kl_divergence(q, prior) if mode == "reparam" else None,
+        )
+
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = False) -> Tensor:
+        z = self.prior().sample((n,))
+        x = self.decoder.mean(z) if mean else self.decoder(z).sample()
+        return x.reshape(n, *self.x_shape)
