@@ -110,6 +110,18 @@ class VAE(nn.Module):
         """``n`` draws from the model, ``[n, *x_shape]`` (``mean=True``: the decoder's mean)."""
         raise NotImplementedError
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``{"encoder": [...], "decoder": [...]}``: inference vs generative parameters.
+
+        Convention: every inference-network submodule's attribute name starts with ``encoder``
+        (``encoder``, ``encoder_flow``, ...); everything else (decoder, prior, likelihood scale)
+        is generative and counted as ``decoder``. Gradient statistics are reported per group.
+        """
+        groups: dict[str, list[nn.Parameter]] = {"encoder": [], "decoder": []}
+        for name, p in self.named_parameters():
+            groups["encoder" if name.startswith("encoder") else "decoder"].append(p)
+        return groups
+
     # -- helpers ---------------------------------------------------------------------------------
     def check_mode(self, mode: str) -> None:
         if mode not in self.modes:
