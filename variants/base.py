@@ -74,7 +74,9 @@ class VAE(nn.Module):
     * ``modes``: the sampling modes :meth:`terms` supports (see the module docstring);
     * ``default_objective`` and ``default_k``: what the variant trains with when a suite does not
       say (``iwae`` is the vanilla networks with the IWAE objective, for instance);
-    * ``eval_mode``: the mode used by :meth:`log_weights` (exact samples of ``q``).
+    * ``eval_mode``: the mode used by :meth:`log_weights` (exact samples of ``q``);
+    * ``local_objective``: the objective that optimizes free per-datapoint parameters ``lambda``
+      for the gap decomposition (the ELBO for reparameterizable families).
     """
 
     name: ClassVar[str] = "?"
@@ -83,6 +85,7 @@ class VAE(nn.Module):
     default_objective: ClassVar[str] = "elbo"
     default_k: ClassVar[int] = 1
     eval_mode: ClassVar[str] = "reparam"
+    local_objective: ClassVar[str] = "elbo"
 
     def __init__(self, x_shape: tuple[int, ...], likelihood: str) -> None:
         super().__init__()
@@ -109,6 +112,11 @@ class VAE(nn.Module):
     def sample(self, n: int, mean: bool = False) -> Tensor:
         """``n`` draws from the model, ``[n, *x_shape]`` (``mean=True``: the decoder's mean)."""
         raise NotImplementedError
+
+    def on_train_step(self, step: int) -> None:
+        """Called by the training loop before every optimizer step (``step`` counts from 0).
+
+        Schedules that belong to the model live here (the Gumbel-softmax temperature)."""
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``{"encoder": [...], "decoder": [...]}``: inference vs generative parameters.
