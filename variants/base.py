@@ -113,6 +113,10 @@ class VAE(nn.Module):
         """``n`` draws from the model, ``[n, *x_shape]`` (``mean=True``: the decoder's mean)."""
         raise NotImplementedError
 
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """The decoder's mean at one ``z ~ q(z | x)``: ``[B, D]`` (for the reconstruction grids)."""
+        raise NotImplementedError
+
     def on_train_step(self, step: int) -> None:
         """Called by the training loop before every optimizer step (``step`` counts from 0).
 
@@ -227,6 +231,10 @@ class GaussianLatentVAE(VAE):
             log_qz=log_qz,
             kl=kl_divergence(q, prior) if mode == "reparam" else None,
         )
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.decoder.mean(self.encode(x).sample())
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = False) -> Tensor:

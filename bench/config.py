@@ -1,0 +1,301 @@
+"""Run configuration and suites.
+
+A suite is a TOML file (``bench/suites/<name>.toml``, or any path)::
+
+    description = "one line"
+    [defaults]                     # RunConfig keys shared by every run
+    epochs = 5
+    [[grid]]                       # every combination of the lists is one child run
+    variants = ["vanilla", "iwae"] # or "*" for every registered variant (minus `exclude`)
+    exclude = ["linear-gaussian"]  # optional, with "*"
+    objectives = ["elbo"]          # optional; default: each variant's default objective
+    datasets = ["digits"]
+    seeds = [0, 1, 2]
+    [grid.set]                     # optional RunConfig keys for this grid only
+    k = 5
+    [variant_options.planar-flow]  # keyword options passed to variants.build for that variant
+    flow_length = 8
+
+Precedence, lowest first: RunConfig defaults, the suite's ``[defaults]``, the grid's ``set``, the
+command line's ``--set key=value``. On the command line ``variants=``, ``objectives=`` and
+``datasets=`` keep only the runs of those names, and ``seeds=`` replaces the seeds.
+Everything is checked before any run starts: an unknown key or a wrong type is an error naming
+the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.errors import ConfigError
+
+SUITES_DIR = Path(__file__).parent / "suites"
+
+
+@dataclass
+class RunConfig:
+    """One child run. Metric conventions: nats per example, higher is better.
+
+    ``objective = ""`` and ``k = 0`` mean the variant's default objective and k.
+    """
+
+    variant: str = "vanilla"
+    objective: str = ""
+    dataset: str = "digits"
+    seed: int = 0
+    k: int = 0  # samples per example in the training objective
+    latent_dim: int = 16
+    hidden: list[int] = field(default_factory=lambda: [200, 200])
+    activation: str = "tanh"
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 1e-3
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads; 0 = leave torch's default (recorded either way)
+    binarization: str = "dynamic"  # dynamic | static | none (continuous, Gaussian likelihood)
+    train_size: int = 0  # 0 = the whole training split (a prefix otherwise: reduced suites)
+    test_size: int = 0  # 0 = the whole test split
+    val_k: int = 5  # samples per example for the per-epoch validation ELBO
+    eval_k: int = 1000  # samples per example for the test log-likelihood (5000 in the papers)
+    eval_chunk: int = 2**20  # log-weights evaluated at once (bounds memory)
+    gap_epochs: list[int] = field(default_factory=list)  # gaps after these epochs; final always
+    gap_size: int = 100  # fixed test subset for the gaps
+    gap_steps: int = 300  # step budget of the local (per-datapoint) optimization
+    gap_k: int = 0  # samples for log p(x) in the gaps; 0 = eval_k
+    grad_epochs: list[int] = field(default_factory=list)  # gradient stats after these; final always
+    grad_objectives: list[str] = field(default_factory=list)  # extra objectives measured
+    grad_ks: list[int] = field(default_factory=list)  # k values for grad_objectives; [] = [k]
+    grad_draws: int = 50
+    grad_batch: int = 64
+    data_dir: str = ""  # where downloaded / user-provided datasets live; "" = ./data
+    variant_options: dict = field(default_factory=dict)
+
+    def params(self) -> dict[str, str]:
+        """Flat string params for MLflow (lists joined by commas, options as key.option)."""
+        out: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "variant_options":
+                out.update({f"option.{k}": str(x) for k, x in v.items()})
+            elif isinstance(v, list):
+                out[f.name] = ",".join(map(str, v))
+            else:
+                out[f.name] = str(v)
+        return out
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.variant}/{self.objective}/{self.dataset}/seed{self.seed}"
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+SETTABLE = sorted(k for k in FIELDS if k not in ("variant", "objective", "dataset", "seed", "variant_options"))
+GRID_KEYS = ("variants", "objectives", "datasets", "seeds")
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+def _type_name(t) -> str:
+    return getattr(t, "__name__", None) if not typing.get_args(t) else str(t)
+
+
+def coerce(key: str, value, *, source: str):
+    """Check ``value`` (from TOML or a ``key=value`` string) against the type of ``key``."""
+    t = _HINTS[key]
+    origin = typing.get_origin(t)
+    if origin is list:
+        (item,) = typing.get_args(t)
+        if isinstance(value, str):
+            value = [v for v in (s.strip() for s in value.split(",")) if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be a list of {item.__name__}, got {value!r}")
+        return [_scalar(key, item, v, source) for v in value]
+    if origin in (dict,) or t is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a table")
+        return dict(value)
+    return _scalar(key, t, value, source)
+
+
+def _scalar(key: str, t: type, value, source: str):
+    try:
+        if t is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if t is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if t is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if t is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{source}: {key} must be {t.__name__}, got {value!r}")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """``["epochs=3", "hidden=64,64"]`` -> typed dict; grid keys stay lists of strings."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        if key in GRID_KEYS:
+            vals = [v.strip() for v in raw.split(",") if v.strip()]
+            out[key] = [_scalar(key, int, v, "--set") for v in vals] if key == "seeds" else vals
+        elif key in SETTABLE:
+            out[key] = coerce(key, raw, source="--set")
+        else:
+            raise ConfigError(
+                f"--set: unknown key {key!r}; valid keys: {', '.join(SETTABLE + list(GRID_KEYS))}"
+            )
+    return out
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    description: str
+    runs: list[RunConfig]
+
+
+def suite_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        return p
+    return SUITES_DIR / f"{name_or_path}.toml"
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+
+
+def _check_keys(table: dict, valid, where: str) -> None:
+    unknown = sorted(set(table) - set(valid))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+
+
+def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) -> Suite:
+    """Read a suite and expand it into run configs with the overrides applied (all validated)."""
+    import variants
+    from bench import data as datasets
+    from bench import objectives
+
+    overrides = dict(overrides or {})
+    path = suite_path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(
+            f"no suite {name_or_path!r} (looked for {path}); available suites: {', '.join(available_suites())}"
+        )
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read suite file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"suite file {path} is not valid TOML: {e}") from None
+    where = str(path)
+    _check_keys(doc, ("description", "defaults", "grid", "variant_options"), where)
+    base: dict[str, object] = {}
+    for key, value in doc.get("defaults", {}).items():
+        _check_keys({key: 0}, SETTABLE, f"{where} [defaults]")
+        base[key] = coerce(key, value, source=f"{where} [defaults]")
+    options = doc.get("variant_options", {})
+    for vname, opts in options.items():
+        variants.get(vname) if vname in variants.available() else _unknown_variant(vname, where)
+        if not isinstance(opts, dict):
+            raise ConfigError(f"{where} [variant_options.{vname}] must be a table")
+    grids = doc.get("grid", [])
+    if not grids:
+        raise ConfigError(f"{where}: a suite needs at least one [[grid]]")
+
+    filters = {k: overrides.pop(k) for k in ("variants", "objectives", "datasets") if k in overrides}
+    seeds_override = overrides.pop("seeds", None)
+    runs: list[RunConfig] = []
+    for i, g in enumerate(grids):
+        gwhere = f"{where} [[grid]] #{i + 1}"
+        _check_keys(g, (*GRID_KEYS, "exclude", "set"), gwhere)
+        names = g.get("variants", [])
+        if names == "*":
+            names = [v for v in variants.available() if v not in g.get("exclude", [])]
+        for v in names:
+            if v not in variants.available():
+                _unknown_variant(v, gwhere)
+        dsets = g.get("datasets", ["digits"])
+        for d in dsets:
+            if d not in datasets.available():
+                raise ConfigError(f"{gwhere}: unknown dataset {d!r}; valid: {', '.join(datasets.available())}")
+        seeds = seeds_override if seeds_override is not None else [coerce("seed", s, source=gwhere) for s in g.get("seeds", [0])]
+        local = dict(base)
+        for key, value in g.get("set", {}).items():
+            _check_keys({key: 0}, SETTABLE, f"{gwhere} set")
+            local[key] = coerce(key, value, source=f"{gwhere} set")
+        local.update(overrides)
+        for v, d, s in itertools.product(names, dsets, seeds):
+            vcls = variants.get(v)
+            for o in g.get("objectives") or [vcls.default_objective]:
+                try:
+                    objectives.check_applies(o, vcls)
+                except (objectives.UnknownObjectiveError, objectives.NotApplicableError) as e:
+                    raise ConfigError(f"{gwhere}: {e}") from None
+                cfg = RunConfig(variant=v, objective=o, dataset=d, seed=s, **local)
+                cfg.variant_options = dict(options.get(v, {}))
+                if cfg.k == 0:
+                    cfg.k = vcls.default_k
+                runs.append(cfg)
+    for key, names in filters.items():
+        attr = key[:-1]
+        known = {getattr(r, attr) for r in runs}
+        missing = sorted(set(names) - known)
+        if missing:
+            raise ConfigError(
+                f"--set {key}=: {', '.join(missing)} not in suite {path.stem!r} (it has: {', '.join(sorted(known))})"
+            )
+        runs = [r for r in runs if getattr(r, attr) in names]
+    for r in runs:
+        _validate(r, gwhere=where)
+    return Suite(name=path.stem, path=path, description=str(doc.get("description", "")), runs=runs)
+
+
+def _unknown_variant(name: str, where: str):
+    import variants
+
+    raise ConfigError(f"{where}: unknown variant {name!r}; valid variants: {', '.join(variants.available())}")
+
+
+def _validate(cfg: RunConfig, gwhere: str) -> None:
+    from bench import objectives
+
+    choices = {"binarization": ("dynamic", "static", "none"), "activation": ("tanh", "relu", "elu", "softplus")}
+    for key, valid in choices.items():
+        if getattr(cfg, key) not in valid:
+            raise ConfigError(f"{key} must be one of {', '.join(valid)}, got {getattr(cfg, key)!r}")
+    positive = ("epochs", "batch_size", "k", "latent_dim", "val_k", "eval_k", "eval_chunk", "gap_size", "grad_draws", "grad_batch")
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if not cfg.lr > 0:
+        raise ConfigError(f"lr must be > 0, got {cfg.lr}")
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    for o in cfg.grad_objectives:
+        if o not in objectives.available():
+            raise ConfigError(f"grad_objectives: unknown objective {o!r}; valid: {', '.join(objectives.available())}")
