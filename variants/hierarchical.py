@@ -1,0 +1,116 @@
+"""Two stochastic layers (Burda, Grosse & Salakhutdinov 2016, "Importance Weighted Autoencoders",
+section 5 and appendix C).
+
+    generative:  p(z2) = N(0, I),  p(z1 | z2) = N(mu_p(z2), diag sigma_p(z2)^2),  p(x | z1) as in vanilla,
+    inference:   q(z1 | x) = N(mu_1(x), diag sigma_1(x)^2),  q(z2 | z1) = N(mu_2(z1), diag sigma_2(z1)^2),
+    log w = log p(x | z1) + [log p(z2) + log p(z1 | z2)] - [log q(z1 | x) + log q(z2 | z1)],
+
+with ``z1 ~ q(z1 | x)``, ``z2 ~ q(z2 | z1)``. ``latent_dim`` is ``z1``'s size, ``latent_dim2``
+``z2``'s. The ``x``-level networks have the vanilla widths ``hidden``; the ``z1 <-> z2`` networks
+have ``hidden2`` (default: half of ``hidden``, the paper's 200 -> 100 ratio).
+
+Shapes: ``x`` ``[B, D]``, ``z1`` ``[k, B, d1]``, ``z2`` ``[k, B, d2]``; terms ``[k, B]``.
+
+``variational_params(x)`` is ``lambda = [mu_1, log sigma_1]`` (``[B, 2 d1]``), the parameters of
+``q(z1 | x)`` only: ``q(z2 | z1)`` stays amortized. ``terms(x, k, params=lam)`` uses ``lam`` for
+``q(z1 | x)`` and the trained network for ``q(z2 | z1)``, so the gap metric's "local" ELBO is local
+in ``q(z1 | x)`` only (the ``q(z2 | z1)`` network keeps its trained weights).
+
+Modes: ``"reparam"``; ``"stop-q"`` (``log q`` evaluated with ``lambda`` and the weights of the
+``q(z2 | z1)`` network detached, the path through ``z1`` and ``z2`` kept, via
+``torch.func.functional_call``); ``"score"`` (``z1``, ``z2`` drawn without gradient, ``log q``
+live). No closed-form KL (``kl=None``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal
+from torch.func import functional_call
+
+from variants.base import VAE, Decoder, LogWeightTerms, diag_gaussian, flat
+from variants.nets import mlp
+from variants.registry import register
+
+
+def detached_call(module: nn.Module, *args: Tensor) -> Tensor:
+    """``module(*args)`` with the module's parameters detached (gradients flow only via ``args``)."""
+    params = {n: p.detach() for n, p in module.named_parameters()}
+    return functional_call(module, params, args)
+
+
+def draw(q: Distribution, k: tuple[int, ...], mode: str) -> Tensor:
+    """``q.sample(k)`` for the score-function mode, else ``q.rsample(k)``."""
+    return q.sample(k) if mode == "score" else q.rsample(k)
+
+
+@register("hierarchical")
+class HierarchicalVAE(VAE):
+    modes = frozenset({"reparam", "stop-q", "score"})
+    default_objective = "elbo"
+
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        latent_dim: int = 16,
+        hidden: Sequence[int] = (200, 200),
+        likelihood: str = "bernoulli",
+        activation: str = "tanh",
+        latent_dim2: int = 8,
+        hidden2: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(x_shape, likelihood)
+        d1, d2 = int(latent_dim), int(latent_dim2)
+        self.latent_dim, self.latent_dim2 = d1, d2
+        hidden2 = tuple(max(1, int(h) // 2) for h in hidden) if hidden2 is None else tuple(hidden2)
+        self.encoder = mlp(self.x_dim, hidden, 2 * d1, activation)  # q(z1 | x)
+        self.encoder2 = mlp(d1, hidden2, 2 * d2, activation)  # q(z2 | z1)
+        self.decoder_z1 = mlp(d2, tuple(reversed(hidden2)), 2 * d1, activation)  # p(z1 | z2)
+        dec_net = mlp(d1, tuple(reversed(hidden)), self.x_dim, activation)
+        self.decoder = Decoder(dec_net, self.x_dim, likelihood)  # p(x | z1)
+        self.register_buffer("_zero", torch.zeros(()), persistent=False)
+
+    def prior(self) -> Distribution:
+        """The top prior ``p(z2) = N(0, I_{d2})``."""
+        z = self._zero.expand(self.latent_dim2)
+        return Independent(Normal(z, torch.ones_like(z)), 1)
+
+    def p_z1(self, z2: Tensor) -> Distribution:
+        """``p(z1 | z2)``, batch ``z2.shape[:-1]``, event ``[d1]``."""
+        return diag_gaussian(self.decoder_z1(z2))
+
+    def variational_params(self, x: Tensor) -> Tensor:
+        return self.encoder(flat(x))
+
+    def posterior_sample(
+        self, x: Tensor, k: int = 1, *, params: Tensor | None = None, mode: str = "reparam"
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(z1 [k, B, d1], z2 [k, B, d2], log q(z1, z2 | x) [k, B])`` as :meth:`terms` draws them."""
+        self.check_mode(mode)
+        lam = self.variational_params(x) if params is None else params
+        q1 = diag_gaussian(lam)
+        z1 = draw(q1, (k,), mode)
+        q2 = diag_gaussian(self.encoder2(z1))
+        z2 = draw(q2, (), mode)
+        if mode == "stop-q":
+            q1 = diag_gaussian(lam.detach())
+            q2 = diag_gaussian(detached_call(self.encoder2, z1))
+        return z1, z2, q1.log_prob(z1) + q2.log_prob(z2)
+
+    def terms(self, x, k=1, *, params=None, mode="reparam") -> LogWeightTerms:
+        x = flat(x)
+        z1, z2, log_qz = self.posterior_sample(x, k, params=params, mode=mode)
+        return LogWeightTerms(
+            log_px_z=self.decoder(z1).log_prob(x),
+            log_pz=self.prior().log_prob(z2) + self.p_z1(z2).log_prob(z1),
+            log_qz=log_qz,
+        )
+
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = False) -> Tensor:
+        z1 = self.p_z1(self.prior().sample((n,))).sample()
+        x = self.decoder.mean(z1) if mean else self.decoder(z1).sample()
+        return x.reshape(n, *self.x_shape)

@@ -1,0 +1,197 @@
+"""Inverse autoregressive flow (Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling 2016,
+"Improved Variational Inference with Inverse Autoregressive Flow"), algorithm 1 of the paper.
+
+The encoder (an MLP of the vanilla widths) outputs ``lambda(x) = [mu, log sigma, h]``
+(``[B, 2d + context_dim]``); then
+
+    z_0 = mu + sigma * eps,                         eps ~ N(0, I),
+    [m_t, s_t] = MADE_t(z_{t-1}, h),                t = 1..T  (T = ``flow_length``),
+    sigma_t = sigmoid(s_t + gate_bias),
+    z_t = sigma_t * z_{t-1} + (1 - sigma_t) * m_t,  (the numerically stable gated update)
+    log q(z_T | x) = log N(z_0; mu, sigma^2) - sum_t sum_i log sigma_{t,i}.
+
+``MADE_t`` (Germain et al. 2015) is a masked MLP: output ``i`` depends only on the variables
+before ``i`` in the layer's ``order`` (plus the context ``h``, which enters the first layer
+unmasked), so ``dz_t / dz_{t-1}`` is triangular in that order with diagonal ``sigma_t`` and
+``log det = sum_i log sigma_{t,i}``. The order is reversed from one layer to the next. A positive
+``gate_bias`` (the paper suggests +1 or +2) starts every layer close to the identity.
+
+Shapes: ``x`` ``[B, D]``, ``z`` ``[k, B, d]``, ``h`` ``[B, context_dim]`` (broadcast over ``k``).
+
+Modes: only ``"reparam"``. ``"stop-q"``/``"score"`` would need ``log q`` at a ``z_T`` under other
+parameters than those that drew it, i.e. the inverse (``d`` sequential MADE passes per layer, see
+:meth:`IAFTransform._inverse`); not implemented in ``terms``. ``encode(x)`` is a
+``TransformedDistribution`` whose ``log_prob`` works at any ``z`` (through that exact inverse).
+No closed-form KL (``kl=None``). ``p(z) = N(0, I)``, ``p(x | z)`` as in vanilla.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, Transform, TransformedDistribution, constraints
+from torch.nn.functional import linear, logsigmoid
+
+from variants.base import Decoder, GaussianLatentVAE, LogWeightTerms, diag_gaussian, flat
+from variants.nets import ACTIVATIONS, mlp
+from variants.registry import VariantConfigError, register
+
+
+class MaskedLinear(nn.Linear):
+    """``y = x (W * mask)^T + b`` with a fixed 0/1 ``mask`` of the weight's shape ``[out, in]``."""
+
+    def __init__(self, mask: Tensor) -> None:
+        super().__init__(mask.shape[1], mask.shape[0])
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight * self.mask, self.bias)
+
+
+class MADE(nn.Module):
+    """One IAF step: a masked autoregressive MLP ``(z [.., d], h [.., C]) -> (m, s) [.., d]`` each.
+
+    ``order`` (a permutation of ``0..d-1``) lists the variables first to last; output ``i``
+    depends on ``z_j`` only if ``j`` comes strictly before ``i`` in ``order``. Hidden degrees
+    cycle through ``1..d-1`` (Germain et al. 2015).
+    """
+
+    def __init__(
+        self,
+        d: int,
+        context_dim: int,
+        hidden: Sequence[int],
+        order: Tensor,
+        activation: str = "tanh",
+        gate_bias: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.d, self.gate_bias = d, float(gate_bias)
+        self.register_buffer("order", order.clone())
+        deg_in = torch.empty(d, dtype=torch.long)
+        deg_in[order] = torch.arange(1, d + 1)  # position (1-based) of each variable
+        degs = [deg_in]
+        layers: list[nn.Module] = []
+        for width in hidden:
+            deg_h = torch.arange(int(width)) % max(d - 1, 1) + 1
+            layers.append(MaskedLinear(deg_h[:, None] >= degs[-1][None, :]))
+            degs.append(deg_h)
+        deg_out = torch.cat([deg_in, deg_in])  # m and s
+        layers.append(MaskedLinear(deg_out[:, None] > degs[-1][None, :]))
+        self.layers = nn.ModuleList(layers)
+        self.context = nn.Linear(context_dim, layers[0].out_features, bias=False)
+        self.act = ACTIVATIONS[activation]()
+
+    def forward(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``(m, s_raw)``, each ``[..., d]``."""
+        out = self.layers[0](z) + self.context(h)
+        for layer in self.layers[1:]:
+            out = layer(self.act(out))
+        return out.chunk(2, dim=-1)
+
+    def step(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """The gated update: ``(sigma * z + (1 - sigma) * m, sum_i log sigma_i)``."""
+        m, s_raw = self(z, h)
+        s = torch.sigmoid(s_raw + self.gate_bias)
+        return s * z + (1 - s) * m, logsigmoid(s_raw + self.gate_bias).sum(-1)
+
+    def inverse(self, y: Tensor, h: Tensor) -> Tensor:
+        """``z`` with ``step(z, h)[0] == y``: ``d`` passes, each fixing one more variable in order."""
+        z = y
+        for _ in range(self.d):
+            m, s_raw = self(z, h)
+            s = torch.sigmoid(s_raw + self.gate_bias)
+            z = (y - (1 - s) * m) / s
+        return z
+
+
+class IAFTransform(Transform):
+    """One :class:`MADE` step at context ``h`` as a ``torch.distributions.Transform``."""
+
+    domain = constraints.independent(constraints.real, 1)
+    codomain = constraints.independent(constraints.real, 1)
+    bijective = True
+
+    def __init__(self, made: MADE, h: Tensor) -> None:
+        super().__init__(cache_size=1)
+        self.made, self.h = made, h
+
+    def _call(self, x: Tensor) -> Tensor:
+        return self.made.step(x, self.h)[0]
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        return self.made.inverse(y, self.h)
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.made.step(x, self.h)[1]
+
+
+@register("iaf")
+class IAFVAE(GaussianLatentVAE):
+    """Vanilla networks plus ``flow_length`` IAF steps conditioned on an encoder context ``h``."""
+
+    modes = frozenset({"reparam"})
+    default_objective = "elbo"
+
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        latent_dim: int = 16,
+        hidden: Sequence[int] = (200, 200),
+        likelihood: str = "bernoulli",
+        activation: str = "tanh",
+        flow_length: int = 2,
+        made_hidden: Sequence[int] = (64, 64),
+        context_dim: int = 32,
+        gate_bias: float = 1.0,
+    ) -> None:
+        super().__init__(x_shape, latent_dim, likelihood)
+        if int(flow_length) < 0 or int(context_dim) < 1:
+            raise VariantConfigError(
+                f"iaf needs flow_length >= 0 and context_dim >= 1, got {flow_length}, {context_dim}"
+            )
+        d = self.latent_dim
+        self.context_dim = int(context_dim)
+        self.encoder = mlp(self.x_dim, hidden, 2 * d + self.context_dim, activation)
+        forward = torch.arange(d)
+        self.encoder_flow = nn.ModuleList(
+            MADE(d, self.context_dim, made_hidden, forward if t % 2 == 0 else forward.flip(0),
+                 activation, gate_bias)
+            for t in range(int(flow_length))
+        )
+        dec_net = mlp(d, tuple(reversed(hidden)), self.x_dim, activation)
+        self.decoder = Decoder(dec_net, self.x_dim, likelihood)
+
+    def split_params(self, lam: Tensor) -> tuple[Tensor, Tensor]:
+        """``lambda [B, P] -> (base [B, 2d], h [B, context_dim])``."""
+        return lam.split([2 * self.latent_dim, self.context_dim], dim=-1)
+
+    def flow(self, z0: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``z_T`` and ``sum_t log det`` for ``z0 [k, B, d]``, context ``h [B, C]``."""
+        z, log_det = z0, z0.new_zeros(z0.shape[:-1])
+        for made in self.encoder_flow:
+            z, ld = made.step(z, h)
+            log_det = log_det + ld
+        return z, log_det
+
+    def encode(self, x: Tensor) -> Distribution:
+        base, h = self.split_params(self.variational_params(x))
+        return TransformedDistribution(
+            diag_gaussian(base), [IAFTransform(made, h) for made in self.encoder_flow]
+        )
+
+    def terms(self, x, k=1, *, params=None, mode="reparam") -> LogWeightTerms:
+        self.check_mode(mode)
+        x = flat(x)
+        lam = self.variational_params(x) if params is None else params
+        base, h = self.split_params(lam)
+        q0 = diag_gaussian(base)
+        z0 = q0.rsample((k,))  # [k, B, d]
+        z, log_det = self.flow(z0, h)
+        return LogWeightTerms(
+            log_px_z=self.decoder(z).log_prob(x),
+            log_pz=self.prior().log_prob(z),
+            log_qz=q0.log_prob(z0) - log_det,
+        )

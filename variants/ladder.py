@@ -1,0 +1,151 @@
+"""The ladder VAE (Sønderby, Raiko, Maaløe, Sønderby & Winther 2016, "Ladder Variational
+Autoencoders"), with ``L = 1 + len(upper_latent_dims)`` stochastic layers (two by default).
+
+Bottom-up (deterministic, inference only), ``d_0 = x``:
+
+    d_i = MLP_i(d_{i-1}),   [mu_hat_i, log sigma_hat_i] = Linear_i(d_i),          i = 1..L.
+
+Top-down (shared by the generative model and the inference model):
+
+    p(z_L) = N(0, I),   p(z_i | z_{i+1}) = N(mu_p,i, sigma_p,i^2),  [mu_p,i, log sigma_p,i] = TD_i(z_{i+1}),
+    p(x | z_1) as in vanilla;
+    q(z_L | x) = N(mu_hat_L, sigma_hat_L^2),
+    q(z_i | z_{i+1}, x) = N(mu_q,i, sigma_q,i^2)   (precision-weighted merge, eq. 17-18 of the paper):
+        sigma_q^2 = 1 / (sigma_hat^-2 + sigma_p^-2),
+        mu_q = (mu_hat sigma_hat^-2 + mu_p sigma_p^-2) sigma_q^2,
+
+computed stably as ``log sigma_q = -1/2 logaddexp(-2 log sigma_hat, -2 log sigma_p)`` and
+``mu_q = r mu_hat + (1 - r) mu_p`` with ``r = sigmoid(2 (log sigma_p - log sigma_hat))``.
+Sampling goes top-down: ``z_L ~ q(z_L | x)``, then ``z_i ~ q(z_i | z_{i+1}, x)``, and
+
+    log w = log p(x | z_1) + [log p(z_L) + sum_{i<L} log p(z_i | z_{i+1})]
+            - [log q(z_L | x) + sum_{i<L} log q(z_i | z_{i+1}, x)].
+
+``latent_dim`` is ``z_1``'s size (the layer next to ``x``), ``upper_latent_dims`` the sizes of
+``z_2..z_L``. ``MLP_1`` has the vanilla widths ``hidden`` (``hidden[-1]`` is ``d_1``'s width);
+the upper bottom-up MLPs and the top-down networks have ``hidden2`` (default half of ``hidden``).
+The bottom-up networks are the encoder (``encoder_up``, ``encoder_heads``); the top-down networks
+(``decoder_td``) are generative, even though q uses them too.
+
+Shapes: ``x`` ``[B, D]``, ``z_i`` ``[k, B, d_i]``; terms ``[k, B]``.
+
+``variational_params(x)`` is the bottom-up output ``[mu_hat_1, log sigma_hat_1, ..., mu_hat_L,
+log sigma_hat_L]`` (``[B, 2 sum_i d_i]``); ``terms(x, k, params=lam)`` merges ``lam`` with the
+top-down network. Modes: ``"reparam"``; ``"stop-q"`` (``log q`` with ``lambda`` and the top-down
+weights detached, the path through every ``z_i`` kept, via ``torch.func.functional_call``);
+``"score"`` (all ``z_i`` drawn without gradient, ``log q`` live). No closed-form KL (``kl=None``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal
+
+from variants.base import VAE, Decoder, LogWeightTerms, diag_gaussian, flat
+from variants.hierarchical import detached_call, draw
+from variants.nets import ACTIVATIONS, mlp
+from variants.registry import VariantConfigError, register
+
+
+def precision_merge(hat: Tensor, p: Tensor) -> Tensor:
+    """Merge ``hat = [mu_hat, log sigma_hat]`` and ``p = [mu_p, log sigma_p]`` (``[..., 2d]``,
+    broadcast) into ``[mu_q, log sigma_q]``: the product of the two Gaussian densities, normalized."""
+    mu_hat, ls_hat = hat.chunk(2, dim=-1)
+    mu_p, ls_p = p.chunk(2, dim=-1)
+    r = torch.sigmoid(2 * (ls_p - ls_hat))  # sigma_hat^-2 / (sigma_hat^-2 + sigma_p^-2)
+    mu_q = r * mu_hat + (1 - r) * mu_p
+    ls_q = -0.5 * torch.logaddexp(-2 * ls_hat, -2 * ls_p)
+    return torch.cat([mu_q, ls_q], dim=-1)
+
+
+@register("ladder")
+class LadderVAE(VAE):
+    modes = frozenset({"reparam", "stop-q", "score"})
+    default_objective = "elbo"
+
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        latent_dim: int = 16,
+        hidden: Sequence[int] = (200, 200),
+        likelihood: str = "bernoulli",
+        activation: str = "tanh",
+        upper_latent_dims: Sequence[int] = (8,),
+        hidden2: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(x_shape, likelihood)
+        hidden = tuple(int(h) for h in hidden)
+        hidden2 = tuple(max(1, h // 2) for h in hidden) if hidden2 is None else tuple(hidden2)
+        if not hidden or not hidden2:
+            raise VariantConfigError("ladder needs at least one hidden layer in hidden and hidden2")
+        self.latent_dims = (int(latent_dim), *(int(d) for d in upper_latent_dims))
+        self.latent_dim = self.latent_dims[0]
+        up, heads, width = [], [], self.x_dim
+        for i, d in enumerate(self.latent_dims):
+            h = hidden if i == 0 else hidden2
+            body = mlp(width, h[:-1], h[-1], activation)  # validates the activation name
+            up.append(nn.Sequential(body, ACTIVATIONS[activation]()))
+            heads.append(nn.Linear(h[-1], 2 * d))
+            width = h[-1]
+        self.encoder_up = nn.ModuleList(up)
+        self.encoder_heads = nn.ModuleList(heads)
+        self.decoder_td = nn.ModuleList(  # decoder_td[i]: p(z_{i+1} | z_{i+2}) in 1-based layers
+            mlp(self.latent_dims[i + 1], tuple(reversed(hidden2)), 2 * self.latent_dims[i], activation)
+            for i in range(len(self.latent_dims) - 1)
+        )
+        dec_net = mlp(self.latent_dim, tuple(reversed(hidden)), self.x_dim, activation)
+        self.decoder = Decoder(dec_net, self.x_dim, likelihood)
+        self.register_buffer("_zero", torch.zeros(()), persistent=False)
+
+    def prior(self) -> Distribution:
+        """The top prior ``p(z_L) = N(0, I)``."""
+        z = self._zero.expand(self.latent_dims[-1])
+        return Independent(Normal(z, torch.ones_like(z)), 1)
+
+    def variational_params(self, x: Tensor) -> Tensor:
+        h, out = flat(x), []
+        for up, head in zip(self.encoder_up, self.encoder_heads):
+            h = up(h)
+            out.append(head(h))
+        return torch.cat(out, dim=-1)
+
+    def split_params(self, lam: Tensor) -> list[Tensor]:
+        """``lambda [B, P] -> [[B, 2 d_1], ..., [B, 2 d_L]]``."""
+        return list(lam.split([2 * d for d in self.latent_dims], dim=-1))
+
+    def posterior_sample(
+        self, x: Tensor, k: int = 1, *, params: Tensor | None = None, mode: str = "reparam"
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """``([z_1, ..., z_L], log p(z) [k, B], log q(z | x) [k, B])`` as :meth:`terms` draws them."""
+        self.check_mode(mode)
+        hats = self.split_params(self.variational_params(x) if params is None else params)
+        q_params = hats[-1].detach() if mode == "stop-q" else hats[-1]
+        z = draw(diag_gaussian(hats[-1]), (k,), mode)
+        zs, log_pz, log_qz = [z], self.prior().log_prob(z), diag_gaussian(q_params).log_prob(z)
+        for i in reversed(range(len(self.latent_dims) - 1)):
+            p_out = self.decoder_td[i](z)  # [k, B, 2 d_i]
+            q_params = precision_merge(hats[i], p_out)
+            z_next = draw(diag_gaussian(q_params), (), mode)
+            if mode == "stop-q":
+                q_params = precision_merge(hats[i].detach(), detached_call(self.decoder_td[i], z))
+            log_pz = log_pz + diag_gaussian(p_out).log_prob(z_next)
+            log_qz = log_qz + diag_gaussian(q_params).log_prob(z_next)
+            z = z_next
+            zs.insert(0, z)
+        return zs, log_pz, log_qz
+
+    def terms(self, x, k=1, *, params=None, mode="reparam") -> LogWeightTerms:
+        x = flat(x)
+        zs, log_pz, log_qz = self.posterior_sample(x, k, params=params, mode=mode)
+        return LogWeightTerms(log_px_z=self.decoder(zs[0]).log_prob(x), log_pz=log_pz, log_qz=log_qz)
+
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = False) -> Tensor:
+        z = self.prior().sample((n,))
+        for td in reversed(self.decoder_td):
+            z = diag_gaussian(td(z)).sample()
+        x = self.decoder.mean(z) if mean else self.decoder(z).sample()
+        return x.reshape(n, *self.x_shape)
