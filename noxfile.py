@@ -1,0 +1,55 @@
+"""Sessions: tests, benchmark, perf, ui. The uv backend: a warm install of torch takes seconds.
+
+    nox -s tests                          # the test suite (pytest args after --)
+    nox -s benchmark                      # the smoke suite, then its plots and report
+    nox -s benchmark -- --suite standard  # another suite; other `bench run` flags pass through
+    nox -s perf                           # pytest-benchmark micro-benchmarks
+    nox -s ui                             # the MLflow UI for the store, on 127.0.0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["tests"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def benchmark(session: nox.Session) -> None:
+    """`python -m bench run` with the posargs (default --suite smoke), then `python -m bench plots`."""
+    session.install("-e", ".")
+    known = argparse.ArgumentParser(add_help=False)
+    known.add_argument("--suite", default="smoke")
+    known.add_argument("--tracking-uri")
+    ns, _ = known.parse_known_args(session.posargs)
+    args = list(session.posargs)
+    if "--suite" not in " ".join(args):
+        args = ["--suite", ns.suite, *args]
+    session.run("python", "-m", "bench", "run", *args)
+    plots = ["python", "-m", "bench", "plots", "--suite", ns.suite]
+    if ns.tracking_uri:
+        plots += ["--tracking-uri", ns.tracking_uri]
+    session.run(*plots)
+
+
+@nox.session
+def perf(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "perf", "--benchmark-only", *session.posargs)
+
+
+@nox.session
+def ui(session: nox.Session) -> None:
+    """The MLflow UI for the suite's store (`--port N`, `--tracking-uri URI` pass through)."""
+    session.install("-e", ".")
+    session.run("python", "-m", "bench", "ui", *session.posargs)

@@ -1,0 +1,184 @@
+"""End to end: the CLI runs a tiny suite into a real MLflow store and the test reads it back;
+bad input gets one clear message, a non-zero exit and an untouched store."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from bench import cli, train
+from tests.conftest import TINY, run_cli
+
+FINAL = [
+    "test/elbo", "test/log_px", "test/kl", "test/recon", "test/active_units",
+    "gap/log_px", "gap/elbo_amortized", "gap/elbo_local", "gap/approximation", "gap/amortization",
+    "grad/encoder_var", "grad/encoder_snr", "grad/decoder_var", "grad/decoder_snr",
+    "perf/train_examples_per_s", "perf/eval_examples_per_s", "perf/train_seconds", "perf/peak_mem_mb",
+]
+PARAMS = ["variant", "objective", "dataset", "k", "seed", "latent_dim", "epochs", "batch_size", "lr",
+          "device", "binarization", "eval_k"]
+
+
+def children(client, exp_id):
+    return client.search_runs([exp_id], "tags.`vaebench.role` = 'child'")
+
+
+def test_cli_runs_a_suite_into_the_store(tmp_path, store):
+    proc = run_cli("run", "--suite", str(TINY), "--tracking-uri", store, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("tiny")
+    parents = client.search_runs([exp.experiment_id], "tags.`vaebench.role` = 'parent'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    for tag in ("git_commit", "torch_version", "device_name"):
+        assert parent.data.tags[tag]
+    kids = children(client, exp.experiment_id)
+    names = sorted(r.info.run_name for r in kids)
+    assert names == ["iwae/iwae/digits/seed0", "linear-gaussian/elbo/linear-gaussian/seed0", "vanilla/elbo/digits/seed0"]
+    for r in kids:
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        for p in PARAMS:
+            assert p in r.data.params, p
+        assert r.data.params["device"] == "cpu" and r.data.params["eval_k"] == "64"
+        m = r.data.metrics
+        for key in FINAL:
+            assert key in m and math.isfinite(m[key]), (r.info.run_name, key)
+        # the IWAE estimate with 64 samples is a tighter bound than the 2-sample ELBO estimate
+        assert m["test/log_px"] >= m["test/elbo"] - 0.5, r.info.run_name
+        assert m["gap/approximation"] > -0.5 and m["gap/amortization"] > -0.5
+        hist = client.get_metric_history(r.info.run_id, "val/elbo")
+        assert [h.step for h in hist] == [1, 2]
+        assert len(client.get_metric_history(r.info.run_id, "gap/log_px")) == 2  # epoch 1 and final
+        arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"config.json", "model.pt", "figures"} <= arts
+        if r.data.params["dataset"] == "digits":
+            assert {"samples.png", "reconstructions.png"} <= arts
+            png = Path(client.download_artifacts(r.info.run_id, "samples.png", str(tmp_path)))
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert r.data.params["k"] in ("1", "5")
+    iw = [r for r in kids if r.info.run_name.startswith("iwae")][0]
+    assert iw.data.params["k"] == "5" and iw.data.params["objective"] == "iwae"
+    assert "test/elbo" in proc.stderr  # the summary table
+
+
+def cli_main(args, capsys):
+    code = cli.main(args)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "variants=nope"], "nope"),
+        (["--set", "epochz=3"], "unknown key 'epochz'; valid keys:"),
+        (["--set", "epochs=three"], "epochs must be int, got 'three'"),
+        (["--set", "lr=fast"], "lr must be float"),
+        (["--set", "binarization=sometimes"], "binarization must be one of"),
+        (["--set", "epochs"], "expects key=value"),
+    ],
+)
+def test_bad_overrides_fail_before_the_store_exists(tmp_path, store, capsys, args, message):
+    code, err = cli_main(["run", "--suite", str(TINY), "--tracking-uri", store, *args], capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_bad_suite_files(tmp_path, store, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[defaults\nepochs = 2\n")
+    code, err = cli_main(["run", "--suite", str(bad), "--tracking-uri", store], capsys)
+    assert code == 2 and "not valid TOML" in err
+    bad.write_text('[[grid]]\nvariants = ["vanila"]\n')
+    code, err = cli_main(["run", "--suite", str(bad), "--tracking-uri", store], capsys)
+    assert code == 2 and "unknown variant 'vanila'" in err and "vanilla" in err
+    bad.write_text('[defaults]\nepochs = "2"\n[[grid]]\nvariants = ["vanilla"]\n')
+    code, err = cli_main(["run", "--suite", str(bad), "--tracking-uri", store], capsys)
+    assert code == 2 and "epochs must be int" in err
+    bad.write_text('[[grid]]\nvariants = ["gumbel-softmax"]\nobjectives = ["elbo"]\n')
+    code, err = cli_main(["run", "--suite", str(bad), "--tracking-uri", store], capsys)
+    assert code == 2 and "objective 'elbo'" in err and "gumbel-softmax" in err
+    bad.write_bytes(b"\xff\xfe\x00binary")
+    code, err = cli_main(["run", "--suite", str(bad), "--tracking-uri", store], capsys)
+    assert code == 2 and "cannot read suite file" in err
+    code, err = cli_main(["run", "--suite", "no-such-suite", "--tracking-uri", store], capsys)
+    assert code == 2 and "no suite 'no-such-suite'" in err and "smoke" in err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_missing_dataset_offline_is_a_clear_error(tmp_path, store):
+    """MNIST is not on disk and this machine has no route to its mirrors: exit 2, how to get it."""
+    suite = tmp_path / "mnist.toml"
+    suite.write_text('[[grid]]\nvariants = ["vanilla"]\ndatasets = ["mnist"]\n')
+    proc = run_cli("run", "--suite", str(suite), "--tracking-uri", store, "--data-dir", str(tmp_path / "d"), cwd=tmp_path)
+    if proc.returncode == 0:
+        pytest.skip("this machine could download MNIST")
+    assert proc.returncode == 2, proc.stderr
+    assert "error: dataset 'mnist' is not on disk" in proc.stderr and "Traceback" not in proc.stderr
+    assert "train-images-idx3-ubyte" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_nan_loss_marks_the_run_failed_and_the_suite_goes_on(tmp_path, store, capsys, monkeypatch):
+    real_run = train.run
+
+    def exploding(cfg, data, log, progress=lambda s: None):
+        if cfg.variant == "iwae":
+            cfg.lr = 1e30  # Adam steps of 1e30 overflow the network within the first epoch
+        return real_run(cfg, data, log, progress)
+
+    monkeypatch.setattr(train, "run", exploding)
+    code, err = cli_main(["run", "--suite", str(TINY), "--tracking-uri", store, "--set", "variants=vanilla,iwae",
+                          "--set", "epochs=1"], capsys)
+    assert code == 1
+    assert "training bound is nan" in err.lower() or "non-finite" in err.lower()
+    client = MlflowClient(store)
+    kids = {r.info.run_name: r for r in children(client, client.get_experiment_by_name("tiny").experiment_id)}
+    assert kids["iwae/iwae/digits/seed0"].info.status == "FAILED"
+    assert "error" in kids["iwae/iwae/digits/seed0"].data.tags
+    assert kids["vanilla/elbo/digits/seed0"].info.status == "FINISHED"
+
+
+def test_interrupt_marks_runs_killed_and_keeps_finished_ones(tmp_path, store, capsys, monkeypatch):
+    real_run = train.run
+
+    def interrupted(cfg, data, log, progress=lambda s: None):
+        if cfg.variant == "iwae":
+            log({"val/elbo": -1.0}, 1)
+            raise KeyboardInterrupt
+        return real_run(cfg, data, log, progress)
+
+    monkeypatch.setattr(train, "run", interrupted)
+    code, err = cli_main(["run", "--suite", str(TINY), "--tracking-uri", store, "--set", "epochs=1"], capsys)
+    assert code == 130 and "interrupted" in err
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("tiny").experiment_id
+    kids = {r.info.run_name: r for r in children(client, exp)}
+    assert kids["vanilla/elbo/digits/seed0"].info.status == "FINISHED"
+    assert "test/log_px" in kids["vanilla/elbo/digits/seed0"].data.metrics
+    assert kids["iwae/iwae/digits/seed0"].info.status == "KILLED"
+    assert kids["iwae/iwae/digits/seed0"].data.metrics["val/elbo"] == -1.0
+    (parent,) = client.search_runs([exp], "tags.`vaebench.role` = 'parent'")
+    assert parent.info.status == "KILLED"
+
+
+def test_list_names_everything(capsys):
+    code, out = cli.main(["list"]), capsys.readouterr().out
+    assert code == 0
+    for name in ("vanilla", "iwae", "planar-flow", "iaf", "hierarchical", "ladder", "gumbel-softmax",
+                 "linear-gaussian", "elbo", "dreg", "stl", "score-function", "vimco", "reinforce",
+                 "st-gumbel", "digits", "fashion-mnist", "smoke", "standard"):
+        assert name in out
+
+
+def test_every_shipped_suite_expands_to_valid_runs():
+    from bench import config
+
+    for name in config.available_suites():
+        suite = config.load_suite(name)
+        assert suite.runs and suite.description, name
