@@ -3,20 +3,213 @@
 Shapes: ``x`` is ``[B, *x_shape]`` (or flat ``[B, D]``); ``model.log_weights(x, k, params)`` is
 ``[k, B]`` with ``log w_j = log p(x, z_j) - log q(z_j | x)``, ``z_j ~ q(. | x)``.
 
+* :func:`log_likelihood`   the importance-weighted estimate of ``log p(x)`` (Burda et al. 2016),
+                           streamed over chunks of samples and examples.
+* :func:`gaps`             the approximation / amortization decomposition (Cremer, Li & Duvenaud 2018).
 * :func:`gradient_stats`   variance and signal-to-noise ratio of gradient estimators (Rainforth et al. 2018).
+* :func:`active_units`     units with ``Cov_x(E_q[z_u | x]) > 0.01`` (Burda et al. 2016).
+* :func:`time_step`, :func:`peak_memory_mb`   throughput and memory, synchronized on CUDA.
+
+Evaluations (``log_likelihood``, ``gaps``, ``active_units``) run the model in eval mode and put
+back every submodule's previous mode afterwards; ``gradient_stats`` keeps the training mode (it
+measures the training gradient) and restores the buffers. None of them changes a parameter.
 
 Every function runs on the device and dtype of its inputs and of the model's parameters.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from bench import objectives
+
+DEFAULT_CHUNK = 2**16  # log-weights per forward pass: bounds the memory of every evaluation
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model.eval()`` for the duration, then every submodule's own previous mode back."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _chunks(B: int, k: int, chunk: int) -> tuple[int, int]:
+    """``(examples, samples)`` per forward pass so that their product is at most ``chunk``
+    (at least one of each): the whole batch first, then as many samples as fit."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1 log-weights, got {chunk}")
+    b = max(1, min(B, chunk))
+    return b, max(1, min(k, chunk // b))
+
+
+@torch.no_grad()
+def log_weight_moments(
+    model: nn.Module, x: Tensor, k: int, *, params: Tensor | None = None, chunk: int = DEFAULT_CHUNK
+) -> tuple[Tensor, Tensor]:
+    """``(logsumexp_j log w_j, sum_j log w_j)``, each ``[B]``, over ``k`` draws ``z_j ~ q``.
+
+    The pure streaming core of :func:`log_likelihood` and :func:`gaps`: ``model.log_weights`` is
+    called on at most ``chunk`` log-weights at a time (``[k_c, B_c]``); chunks over samples are
+    combined by ``logaddexp`` (a streaming log-sum-exp) and a running sum, accumulated in at least
+    float32 (float64 stays float64). ``params`` (``[B, P]``, optional) are sliced with the batch.
+    From one pass: the ELBO estimate is ``sum / k`` and the IWAE estimate ``lse - log k``.
+    """
+    B = x.shape[0]
+    b, kc = _chunks(B, k, chunk)
+    lses, sums = [], []
+    for i in range(0, B, b):
+        xi = x[i : i + b]
+        pi = None if params is None else params[i : i + b]
+        lse = s = None
+        done = 0
+        while done < k:
+            n = min(kc, k - done)
+            lw = model.log_weights(xi, n, params=pi)
+            lw = lw.to(torch.promote_types(lw.dtype, torch.float32))
+            c_lse, c_sum = torch.logsumexp(lw, 0), lw.sum(0)
+            lse = c_lse if lse is None else torch.logaddexp(lse, c_lse)
+            s = c_sum if s is None else s + c_sum
+            done += n
+        lses.append(lse)
+        sums.append(s)
+    return torch.cat(lses), torch.cat(sums)
+
+
+def log_likelihood(model: nn.Module, x: Tensor, k: int = 5000, chunk: int = DEFAULT_CHUNK) -> Tensor:
+    """The importance-weighted estimate of ``log p(x)``, ``[B]`` (Burda et al. 2016):
+
+        log p(x) ~= log (1/k) sum_{j=1..k} p(x, z_j) / q(z_j | x),    z_j ~ q(z | x),
+
+    a stochastic lower bound (in expectation) that increases to ``log p(x)`` as ``k`` grows.
+    Memory is bounded by ``chunk`` log-weights per forward pass (see :func:`log_weight_moments`);
+    the result does not depend on the chunking beyond Monte Carlo noise. No gradients; eval mode.
+    """
+    with evaluating(model):
+        lse, _ = log_weight_moments(model, x, k, chunk=chunk)
+    return lse - math.log(k)
+
+
+# -- the gap decomposition -------------------------------------------------------------------------
+
+
+def optimize_local(
+    model: nn.Module,
+    x: Tensor,
+    lam: Tensor,
+    *,
+    steps: int = 2000,
+    lr: float = 5e-2,
+    k: int = 10,
+    tol: float = 1e-3,
+    window: int = 50,
+    patience: int = 2,
+) -> tuple[Tensor, int]:
+    """Free per-datapoint variational parameters fitted with the model frozen: ``(lam*, steps run)``.
+
+    Maximizes the bound of ``model.local_objective`` (``bench.objectives.build(name)(model, x, k,
+    params=lam)``) over ``lam`` (``[B, P]``, all datapoints in one tensor) with Adam (per-coordinate
+    steps, so each datapoint's parameters move at their own scale) and ``k`` samples per step. The
+    gradient is taken with respect to ``lam`` only (``torch.autograd.grad``), so no model parameter
+    or ``.grad`` changes. Stopping rule: every ``window`` steps the mean bound over that window
+    (nats per example, batch average) is compared with the previous window's; it stops when the
+    improvement is below ``tol``, or after ``steps`` steps. Returns the average of ``lam`` over the
+    last window (Polyak averaging removes most of Adam's stationary jitter at a constant ``lr``).
+    """
+    if steps < 1:
+        return lam.detach(), 0
+    objective = objectives.build(model.local_objective)
+    lam = lam.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([lam], lr=lr)
+    best, stale = -math.inf, 0
+    acc = torch.zeros((), device=lam.device, dtype=torch.float64)
+    avg = torch.zeros_like(lam, dtype=torch.promote_types(lam.dtype, torch.float32))
+    step = start = 0
+    while True:
+        est = objective(model, x, k, params=lam)
+        (lam.grad,) = torch.autograd.grad(est.surrogate, lam)
+        opt.step()
+        step += 1
+        acc += est.value.mean()
+        avg += lam.detach()
+        if step % window == 0 or step >= steps:
+            cur = float(acc) / (step - start)  # one host sync per window
+            lam_avg = (avg / (step - start)).to(lam.dtype)
+            stale = stale + 1 if cur < best + tol else 0
+            best = max(best, cur)
+            if step >= steps or stale >= patience:
+                return lam_avg, step
+            start = step
+            acc.zero_()
+            avg.zero_()
+
+
+def gaps(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    k_eval: int = 5000,
+    local_steps: int = 2000,
+    local_lr: float = 5e-2,
+    local_k: int = 10,
+    tol: float = 1e-3,
+    window: int = 50,
+    patience: int = 2,
+    log_px: Tensor | None = None,
+    chunk: int = DEFAULT_CHUNK,
+) -> dict[str, Tensor]:
+    """The inference gap ``log p(x) - ELBO(q_enc)`` split into two parts, per example
+    (Cremer, Li & Duvenaud 2018, "Inference suboptimality in variational autoencoders"):
+
+        approximation = log p(x) - ELBO(q_local)       the family's limit (q* = best member),
+        amortization  = ELBO(q_local) - ELBO(q_enc)     the encoder's shortfall from q*,
+
+    where ``q_enc`` has the encoder's parameters ``lambda(x) = model.variational_params(x)`` and
+    ``q_local`` free per-datapoint parameters initialized there and optimized with the model frozen
+    (:func:`optimize_local`: ``local_steps``, ``local_lr``, ``local_k``, ``tol``, ``window``).
+    Both ELBOs are ``mean_j log w_j`` over ``k_eval`` draws of ``model.log_weights(x, k,
+    params=...)``, so they are comparable whatever objective the variant trains or optimizes with.
+    ``log_px`` (``[B]``), if not given, is the IWAE estimate with ``k_eval`` samples from the same
+    draws, under the proposal (``q_enc`` or ``q_local``) with the higher ELBO per example, i.e. the
+    one closer to the posterior in ``KL(q || p(z|x))``; normally ``q_local``. (Choosing by the IWAE
+    values themselves would pick the upward Monte Carlo errors of a poor proposal.)
+
+    Returns ``[B]`` tensors (detached) under keys ``log_px``, ``elbo_amortized``, ``elbo_local``,
+    ``approximation``, ``amortization``. Runs in eval mode.
+    """
+    with evaluating(model):
+        with torch.no_grad():
+            lam_enc = model.variational_params(x)
+        lam_local, _ = optimize_local(
+            model, x, lam_enc, steps=local_steps, lr=local_lr, k=local_k, tol=tol,
+            window=window, patience=patience,
+        )
+        lse_enc, sum_enc = log_weight_moments(model, x, k_eval, params=lam_enc, chunk=chunk)
+        lse_loc, sum_loc = log_weight_moments(model, x, k_eval, params=lam_local, chunk=chunk)
+    elbo_amortized, elbo_local = sum_enc / k_eval, sum_loc / k_eval
+    if log_px is None:
+        log_px = torch.where(elbo_local >= elbo_amortized, lse_loc, lse_enc) - math.log(k_eval)
+    log_px = log_px.detach().to(elbo_local.dtype)
+    return {
+        "log_px": log_px,
+        "elbo_amortized": elbo_amortized,
+        "elbo_local": elbo_local,
+        "approximation": log_px - elbo_local,
+        "amortization": elbo_local - elbo_amortized,
+    }
+
 
 # -- gradient variance and SNR -------------------------------------------------------------------
 
@@ -136,3 +329,147 @@ def gradient_stats(
         )
         start += size
     return out
+
+
+# -- active units ----------------------------------------------------------------------------------
+
+
+def count_active(means: Tensor, threshold: float = 1e-2, mc_var: Tensor | None = None) -> int:
+    """The pure core of :func:`active_units`: ``means`` ``[B, U]`` holds ``E_q[z_u | x_b]``; a unit
+    is active when its variance over the examples (unbiased), ``Cov_x(E_q[z_u | x])``, exceeds
+    ``threshold`` (Burda et al. 2016 sec. 5.2 use 0.01).
+
+    ``mc_var`` (``[U]``, optional): where the means are Monte Carlo averages, the average over the
+    examples of each mean's own variance (``Var_q(z_u | x) / n``). It is subtracted, since the
+    noise of the averages adds exactly that to their variance over x; the estimate of
+    ``Cov_x(E_q[z_u | x])`` is then unbiased.
+    """
+    if means.shape[0] < 2:
+        raise ValueError("active units need at least 2 examples for a covariance over x")
+    cov = means.to(torch.promote_types(means.dtype, torch.float32)).var(0)
+    if mc_var is not None:
+        cov = cov - mc_var.to(cov.dtype)
+    return int((cov > threshold).sum())
+
+
+def _latent_tensors(out) -> list[Tensor]:
+    """Every ``[k, B, d]`` tensor in what ``posterior_sample`` returns (the ``[k, B]`` log-densities
+    beside them are left out)."""
+    if isinstance(out, Tensor):
+        return [out] if out.dim() == 3 else []
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _latent_tensors(o)]
+    return []
+
+
+def _sample_moments(z: Tensor) -> tuple[Tensor, Tensor]:
+    """``z`` ``[n, B, ...]`` -> (the mean over draws ``[B, U]``, the variance of that mean ``[B, U]``)."""
+    z = z.reshape(z.shape[0], z.shape[1], -1)
+    return z.mean(0), z.var(0) / z.shape[0]
+
+
+def _posterior_means(model: nn.Module, x: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """One batch of :func:`posterior_means`: ``(means [B, U], variance of each mean [B, U])``."""
+    B = x.shape[0]
+    if callable(getattr(model, "encode", None)):
+        q = model.encode(x)
+        try:
+            m = q.mean.reshape(B, -1)
+            return m, torch.zeros_like(m)
+        except NotImplementedError:
+            return _sample_moments(q.sample((n,)))
+    if callable(getattr(model, "posterior_sample", None)):
+        moments = [_sample_moments(z) for z in _latent_tensors(model.posterior_sample(x, n))]
+        return torch.cat([m for m, _ in moments], -1), torch.cat([v for _, v in moments], -1)
+    if callable(getattr(model, "log_probs", None)):
+        m = model.log_probs(model.variational_params(x)).exp().reshape(B, -1)
+        return m, torch.zeros_like(m)
+    raise NotImplementedError(
+        f"active_units needs E_q[z|x] from variant {getattr(model, 'name', type(model).__name__)!r}: "
+        "give it encode(x), posterior_sample(x, k) or (discrete latents) log_probs(params)"
+    )
+
+
+@torch.no_grad()
+def posterior_means(
+    model: nn.Module, x: Tensor, n_samples: int = 1000, chunk: int = DEFAULT_CHUNK
+) -> tuple[Tensor, Tensor]:
+    """``E_q[z | x]`` for every latent unit, ``[B, U]``, and the Monte Carlo variance of each
+    estimate averaged over the examples, ``[U]`` (zero where the mean is exact), by the first
+    route the variant offers:
+
+    1. ``model.encode(x)`` (single-latent variants): the distribution's ``mean`` where it has a
+       closed form (a diagonal Gaussian: ``mu``); otherwise (a flow's ``TransformedDistribution``)
+       the average of ``n_samples`` draws.
+    2. ``model.posterior_sample(x, k)`` (multi-level variants: hierarchical, ladder): the average
+       of ``n_samples`` draws of every latent level (each ``[k, B, d]`` tensor it returns), the
+       levels concatenated (``U = sum d_l``).
+    3. ``model.log_probs(model.variational_params(x))`` (discrete latents, ``[B, n, c]``): the
+       class probabilities, the exact expectation of the one-hot ``z`` (``U = n * c``).
+
+    Otherwise a ``NotImplementedError`` saying what to provide. At most ``chunk`` draws
+    (``n_samples`` x examples) are held at once.
+    """
+    x = x.reshape(x.shape[0], -1)
+    b = max(1, chunk // n_samples)
+    parts = [_posterior_means(model, x[i : i + b], n_samples) for i in range(0, x.shape[0], b)]
+    return torch.cat([m for m, _ in parts]), torch.cat([v for _, v in parts]).mean(0)
+
+
+def active_units(
+    model: nn.Module, x: Tensor, threshold: float = 1e-2, n_samples: int = 1000
+) -> int:
+    """The number of active latent units (Burda, Grosse & Salakhutdinov 2016):
+
+        A_u = Cov_x( E_{q(z | x)}[z_u] ) > threshold,
+
+    with ``E_q[z | x]`` from :func:`posterior_means` (exact where the family has a closed-form
+    mean; else an average of ``n_samples`` draws, whose own variance is subtracted from the
+    covariance, see :func:`count_active`) and the covariance over the examples of ``x``
+    (``[B, ...]``, B >= 2). With two latent levels all units are counted together. Eval mode.
+    """
+    with evaluating(model):
+        means, mc_var = posterior_means(model, x, n_samples)
+    return count_active(means, threshold, mc_var)
+
+
+# -- throughput ------------------------------------------------------------------------------------
+
+
+def time_step(
+    fn: Callable[[], object], n_warmup: int = 3, n_iters: int = 10, device: str | torch.device = "cpu"
+) -> float:
+    """Seconds per call of ``fn()``, averaged over ``n_iters`` calls after ``n_warmup`` untimed ones
+    (allocator, kernel selection, caches).
+
+    On CUDA the interval is measured with CUDA events recorded on the current stream around the
+    loop, after a synchronize (as cifar10-airbench does): kernels are asynchronous, so wall-clock
+    time without a sync measures the launch, not the work. On CPU: ``time.perf_counter``.
+    """
+    device = torch.device(device)
+    for _ in range(n_warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n_iters):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / n_iters
+    t0 = time.perf_counter()
+    for _ in range(n_iters):
+        fn()
+    return (time.perf_counter() - t0) / n_iters
+
+
+def peak_memory_mb(device: str | torch.device = "cpu") -> float:
+    """Peak memory in MiB. CUDA: ``torch.cuda.max_memory_allocated`` (tensors only, since the last
+    ``torch.cuda.reset_peak_memory_stats``). CPU: the peak resident set size of the *whole process*
+    (``resource.getrusage``; it never resets and includes Python, torch and everything loaded)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
