@@ -1,0 +1,189 @@
+"""bench.plots on sqlite stores filled with synthetic runs whose metrics are known.
+
+The store follows the harness's layout (one experiment per suite, a parent run, nested child
+runs tagged ``vaebench.role=child`` with the DESIGN.md params and metrics), so the report's
+numbers can be checked against the values put in.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import numpy as np
+import pytest
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+
+from bench import plots  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# test/log_px of (variant, objective, seed): distinct per group so a wrong grouping shows.
+LOG_PX = {
+    ("vanilla", "elbo"): [-30.0, -32.0],  # mean -31, sd sqrt(2) = 1.41
+    ("iwae", "iwae"): [-28.5, -29.5],  # mean -29, sd 0.71
+}
+
+
+def _child(client, exp_id, parent_id, variant, objective, seed, artifacts_dir, *, status="FINISHED",
+           metrics=True, final=True):
+    name = f"{variant}/{objective}/digits/seed{seed}"
+    run = client.create_run(exp_id, run_name=name, tags={
+        "mlflow.parentRunId": parent_id, "vaebench.role": "child", "vaebench.suite": "smoke",
+        "git_commit": "abc123", "torch_version": "2.x", "device_name": "test CPU"})
+    rid = run.info.run_id
+    params = dict(variant=variant, objective=objective, dataset="digits", k=5, seed=seed,
+                  latent_dim=4, epochs=3, batch_size=64, lr=1e-3, device="cpu",
+                  binarization="dynamic", eval_k=100, threads=1)
+    ts = int(time.time() * 1000)
+    ms = []
+    if metrics:
+        for epoch in range(3):
+            ms += [Metric("val/elbo", -40.0 + 3 * epoch - seed, ts, epoch),
+                   Metric("train/loss", 41.0 - 3 * epoch, ts, epoch)]
+    if final:
+        lp = LOG_PX[(variant, objective)][seed]
+        ms += [Metric("test/log_px", lp, ts, 3), Metric("test/elbo", lp - 2.0, ts, 3),
+               Metric("test/kl", 5.0, ts, 3), Metric("test/recon", lp - 7.0, ts, 3),
+               Metric("gap/approximation", 1.5, ts, 3), Metric("gap/amortization", 0.5, ts, 3),
+               Metric("perf/train_seconds", 10.0 + seed, ts, 3),
+               Metric("perf/train_examples_per_s", 1000.0, ts, 3),
+               Metric("perf/eval_examples_per_s", 5000.0, ts, 3)]
+        for measured, scale in ((objective, 1.0), ("dreg", 3.0)):
+            for k in (1, 5, 20):
+                f = scale * (1.0 + 0.1 * seed) * (2.0 if variant == "iwae" else 1.0)
+                ms += [Metric(f"grad/{measured}/k{k}/encoder_snr", f * k ** -0.5, ts, 3),
+                       Metric(f"grad/{measured}/k{k}/encoder_var", 2.0 / (f * k), ts, 3),
+                       Metric(f"grad/{measured}/k{k}/decoder_snr", f * k ** 0.5, ts, 3),
+                       Metric(f"grad/{measured}/k{k}/decoder_var", 0.5 / (f * k), ts, 3)]
+    client.log_batch(rid, metrics=ms, params=[Param(k, str(v)) for k, v in params.items()],
+                     tags=[RunTag("mlflow.runName", name)])
+    if final:
+        import matplotlib.pyplot as plt
+
+        png = artifacts_dir / rid / "samples.png"
+        png.parent.mkdir()
+        plt.imsave(png, np.random.default_rng(seed).random((16, 16)), cmap="gray")
+        client.log_artifact(rid, str(png))
+    client.set_terminated(rid, status=status)
+    return rid
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A store with suite 'smoke' (2 variants x 2 seeds finished, 1 failed without final metrics,
+    1 run killed before any metric) and suite 'empty' (an experiment without runs)."""
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("smoke", artifact_location=(root / "mlartifacts").as_uri())
+    client.create_experiment("empty", artifact_location=(root / "mlartifacts").as_uri())
+    parent = client.create_run(exp, run_name="smoke 2026-01-01 00:00:00",
+                               tags={"vaebench.role": "parent", "vaebench.suite": "smoke"})
+    pid = parent.info.run_id
+    scratch = root / "scratch"
+    scratch.mkdir()
+    for (variant, objective), values in LOG_PX.items():
+        for seed in range(len(values)):
+            _child(client, exp, pid, variant, objective, seed, scratch)
+    # a FAILED run with curves but no final metrics, and a KILLED one with nothing at all
+    _child(client, exp, pid, "planar-flow", "elbo", 0, scratch, status="FAILED", final=False)
+    _child(client, exp, pid, "iaf", "dreg", 0, scratch, status="KILLED", metrics=False, final=False)
+    client.set_terminated(pid)
+    return uri
+
+
+def _table_rows(readme: str) -> dict[tuple[str, str], list[str]]:
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) > 4 and cells[3].isdigit():
+            rows[(cells[0], cells[1])] = cells
+    return rows
+
+
+def test_draw_figures_tables_and_report(store, tmp_path, capsys):
+    paths = plots.draw("smoke", tmp_path, store)
+    names = {p.name for p in paths}
+    figures = {"learning_curves.png", "test_log_likelihood.png", "gaps.png", "gradient_snr.png",
+               "throughput.png", "cost_quality.png", "samples.png"}
+    assert figures <= names
+    assert {"summary.csv", "runs.csv", "README.md"} <= names
+    for p in paths:
+        assert p.parent == tmp_path / "smoke" and p.stat().st_size > 0
+        if p.suffix == ".png":
+            assert p.read_bytes()[:8] == PNG_MAGIC, p
+
+    readme = (tmp_path / "smoke" / "README.md").read_text()
+    rows = _table_rows(readme)
+    header = next(line for line in readme.splitlines() if line.startswith("| variant"))
+    col = [c.strip() for c in header.strip("|").split("|")].index("log p(x) [nats] ↑")
+    # mean ± sample sd of the values put in, to the 2 decimals the report prints
+    assert rows[("vanilla", "elbo")][col] == "-31.00 ± 1.41"
+    assert rows[("iwae", "iwae")][col] == "-29.00 ± 0.71"
+    assert rows[("vanilla", "elbo")][3] == "2"  # seeds
+    assert rows[("planar-flow", "elbo")][col] == "—"  # failed before the test metrics
+    assert "higher is better" in readme
+    for fig in figures:
+        assert f"]({fig})" in readme
+    # the protocol carries the params' numbers
+    assert re.search(r"\| eval_k \| 100 \|", readme) and re.search(r"\| binarization \| dynamic \|", readme)
+
+    import pandas as pd
+
+    summary = pd.read_csv(tmp_path / "smoke" / "summary.csv")
+    got = summary.set_index(["variant", "objective"])["test/log_px mean"]
+    assert got[("vanilla", "elbo")] == pytest.approx(-31.0)
+    assert got[("iwae", "iwae")] == pytest.approx(-29.0)
+
+    # the half-finished runs are reported in the README and on stderr
+    err = capsys.readouterr().err
+    for text in (readme, err):
+        assert "planar-flow/elbo/digits/seed0 is FAILED" in text
+        assert "iaf/dreg/digits/seed0 is KILLED" in text
+        assert re.search(r"metric\(s\) test/log_px, .* missing in 2 of 6 run\(s\)", text)
+
+
+def test_missing_experiment_and_empty_experiment_do_not_crash(store, tmp_path, capsys):
+    for suite, says in (("nosuchsuite", "no experiment named 'nosuchsuite'"),
+                        ("empty", "has no child runs yet")):
+        paths = plots.draw(suite, tmp_path, store)
+        assert [p.name for p in paths] == ["README.md"]
+        readme = paths[0].read_text()
+        assert says in readme and "No runs to report" in readme
+        assert says in capsys.readouterr().err
+
+
+def test_half_finished_only_draws_what_exists(tmp_path, capsys):
+    """Only a failed run with learning curves: the curves are drawn, the rest is reported."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("half", artifact_location=(tmp_path / "art").as_uri())
+    pid = client.create_run(exp, run_name="half", tags={"vaebench.role": "parent"}).info.run_id
+    _child(client, exp, pid, "planar-flow", "elbo", 0, tmp_path, status="FAILED", final=False)
+    names = [p.name for p in plots.draw("half", tmp_path / "out", uri)]
+    assert names == ["learning_curves.png", "summary.csv", "runs.csv", "README.md"]
+    err = capsys.readouterr().err
+    assert "gap figure not drawn" in err and "samples figure not drawn" in err
+
+
+def test_variant_colours_are_fixed_per_name():
+    a = plots.variant_colors(["vanilla", "iwae", "my-new-variant"])
+    b = plots.variant_colors(["my-new-variant", "ladder"])
+    assert a["my-new-variant"] == b["my-new-variant"]
+    assert len({a["vanilla"], a["iwae"], b["ladder"]}) == 3
+
+
+def test_run_figure(tmp_path):
+    hist = {"train/loss": [(0, 40.0), (1, 35.0)], "val/elbo": [(0, -41.0), (1, -36.0)],
+            "gap/approximation": [(1, 1.0)], "gap/amortization": [(1, 0.5)]}
+    plots.run_figure(hist, tmp_path / "curves.png")
+    plots.run_figure({}, tmp_path / "empty.png")
+    for name in ("curves.png", "empty.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+    # three panels are wider than the one "nothing logged" panel
+    import matplotlib.image as mpimg
+
+    assert mpimg.imread(tmp_path / "curves.png").shape[1] > 2 * mpimg.imread(tmp_path / "empty.png").shape[1]
