@@ -43,8 +43,12 @@ def detached_call(module: nn.Module, *args: Tensor) -> Tensor:
 
 
 def draw(q: Distribution, k: tuple[int, ...], mode: str) -> Tensor:
-    """``q.sample(k)`` for the score-function mode, else ``q.rsample(k)``."""
-    return q.sample(k) if mode == "score" else q.rsample(k)
+    """``q.rsample(k)``, detached in the score-function mode.
+
+    Detaching the reparameterized draw (rather than ``q.sample``) consumes the random stream
+    identically in every mode, so one seed gives the same ``z`` for all modes."""
+    z = q.rsample(k)
+    return z.detach() if mode == "score" else z
 
 
 @register("hierarchical")

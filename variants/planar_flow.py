@@ -12,6 +12,10 @@ is mapped to
 
 With ``t = tanh(w^T z + b)`` and ``tanh' = 1 - t^2`` the determinant is computed as
 ``t^2 + (1 - t^2) softplus(w^T u)`` (the same number, positive term by term, no cancellation).
+Limit of floating point: where ``w^T u`` is very negative (below about -30 in double, -15 in
+single precision) and ``w^T z + b`` is near 0, the exact determinant ``softplus(w^T u)`` is below
+the rounding error of ``w^T u_hat`` itself; the reported log-determinant is the exact one (floored
+at ``log(finfo.tiny)``), while the computed map may fold there.
 
 The encoder (an MLP of the vanilla widths) outputs, per data point, ``lambda(x) = [mu, log sigma,
 u_1..u_K, w_1..w_K, b_1..b_K]`` (``[B, 2d + K(2d + 1)]``): the base Gaussian *and* the flow are
@@ -57,7 +61,9 @@ def planar(z: Tensor, u: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     u_hat = constrain_u(u, w)
     t = torch.tanh((w * z).sum(-1) + b)
     t2 = t * t
-    det = t2 + (1 - t2) * softplus((w * u).sum(-1))  # = 1 + (1 - t^2) w^T u_hat > 0
+    a = (w * u).sum(-1)
+    # 1 + (1 - t^2) w^T u_hat with w^T u_hat = m(a); for w = 0 the layer is the identity (a = 0)
+    det = torch.where((w * w).sum(-1) > 0, t2 + (1 - t2) * softplus(a), 1 + (1 - t2) * a)
     return z + u_hat * t.unsqueeze(-1), torch.log(det.clamp_min(torch.finfo(det.dtype).tiny))
 
 
