@@ -7,14 +7,21 @@ Every stochastic test fixes its seed; each tolerance is stated next to it with i
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-import variants
 from torch.distributions import MultivariateNormal, kl_divergence
+
+import variants
 from bench import metrics
 from bench.objectives import Estimate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -244,3 +251,96 @@ def test_gaps_estimate_log_px_when_not_given():
     exact = model.exact_log_marginal(x).detach()
     assert (g["log_px"] - exact).abs().max().item() < 0.01
     assert (g["log_px"] - g["elbo_amortized"]).mean().item() > 0.5
+
+
+# -- active units ----------------------------------------------------------------------------------
+
+
+def test_active_units_counts_the_units_that_carry_information():
+    """Linear encoder mean m(x) = A x with x ~ N(0, I): Cov_x(m_u) = |A_u|^2 exactly. Rows of norm
+    1 and 0.3 (variance 1 and 0.09) are active; 0.05 (0.0025) and 0 are not. With B = 2000 the
+    sample variance has relative s.d. sqrt(2/1999) = 3%, far from the 0.01 threshold either way."""
+    model = linear_gaussian(D=6, d=4)
+    with torch.no_grad():
+        A = torch.zeros(4, 6)
+        A[0, 0], A[1, 1], A[2, 2] = 1.0, 0.3, 0.05
+        model.encoder.mean.weight.copy_(A)
+        model.encoder.mean.bias.fill_(3.0)  # a constant offset moves no unit
+    x = torch.randn(2000, 6)
+    assert metrics.active_units(model, x) == 2
+    assert metrics.active_units(model, x, threshold=1e-3) == 3
+
+
+class SampledPosterior(torch.nn.Module):
+    """No ``encode``: ``posterior_sample`` draws z1 = x[:, :2] + noise (sd 1) and z2 = noise,
+    as (z1 [k, B, 2], z2 [k, B, 1], log q [k, B]) like the two-level variants."""
+
+    def posterior_sample(self, x, k=1, params=None, mode="reparam"):
+        z1 = x[:, :2] + torch.randn(k, x.shape[0], 2)
+        z2 = torch.randn(k, x.shape[0], 1)
+        return z1, z2, torch.zeros(k, x.shape[0])
+
+
+def test_active_units_by_sampling_removes_the_monte_carlo_variance():
+    """x[:, 0] has variance 0.2 (active), x[:, 1] variance 0.004 (inactive), z2 carries nothing.
+    With n = 50 draws each mean carries Var_q / n = 0.02 of noise, which alone would make all three
+    units 'active'; the subtracted estimate keeps 2 / 2 right. B = 4000: the noise-corrected
+    variance of an inactive unit has s.d. ~ 0.02 * sqrt(2/4000) = 5e-4, well below 0.006 margin."""
+    torch.manual_seed(11)
+    x = torch.randn(4000, 3) * torch.tensor([0.2**0.5, 0.004**0.5, 1.0])
+    means, mc_var = metrics.posterior_means(SampledPosterior(), x, n_samples=50)
+    assert means.shape == (4000, 3)
+    assert metrics.count_active(means) == 3  # the naive count is fooled by the noise
+    assert metrics.active_units(SampledPosterior(), x, n_samples=50) == 1
+
+
+class Categorical(torch.nn.Module):
+    """Discrete latents (no encode / posterior_sample): n = 2 latents of c = 3 classes."""
+
+    def variational_params(self, x):
+        return x
+
+    def log_probs(self, params):
+        return torch.log_softmax(params.unflatten(-1, (2, 3)), -1)
+
+
+def test_active_units_of_discrete_latents_are_class_probabilities():
+    """E[one-hot z] = class probabilities. Only latent 0's logits vary with x (by +-3 on class 0),
+    so its 3 probabilities vary strongly (variance > 0.05) and latent 1's 3 do not at all."""
+    torch.manual_seed(12)
+    x = torch.zeros(500, 6)
+    x[:, 0] = 3 * torch.sign(torch.randn(500))
+    means, mc_var = metrics.posterior_means(Categorical(), x)
+    torch.testing.assert_close(means.reshape(500, 2, 3).sum(-1), torch.ones(500, 2))
+    assert bool((mc_var == 0).all())
+    assert metrics.active_units(Categorical(), x) == 3
+
+
+# -- throughput ------------------------------------------------------------------------------------
+
+
+def test_time_step_counts_only_the_timed_calls():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.01)
+
+    t = metrics.time_step(fn, n_warmup=2, n_iters=5)
+    assert len(calls) == 7
+    # sleep(0.01) lasts at least 10 ms; the upper bound only guards against counting the warm-up
+    # (which would still be ~10 ms per call) being replaced by a wrong divisor (e.g. 1, giving 50 ms)
+    assert 0.01 <= t < 0.04
+
+
+def test_peak_memory_sees_a_large_allocation():
+    """CPU: the process's peak RSS. In a fresh process (this one's peak is whatever earlier tests
+    reached) a touched 256 MiB tensor must raise the peak by about 256 MiB (>= 240: the page
+    accounting is exact to a few pages, the rest of the process does not shrink meanwhile)."""
+    code = (
+        "import torch; from bench.metrics import peak_memory_mb as p; b = p(); "
+        "a = torch.ones(64 * 2**20); print(b, p())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    before, after = map(float, out.stdout.split())
+    assert 240 <= after - before < 300, (before, after)
