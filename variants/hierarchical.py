@@ -91,8 +91,9 @@ class HierarchicalVAE(VAE):
 
     def posterior_sample(
         self, x: Tensor, k: int = 1, *, params: Tensor | None = None, mode: str = "reparam"
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``(z1 [k, B, d1], z2 [k, B, d2], log q(z1, z2 | x) [k, B])`` as :meth:`terms` draws them."""
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """``([z1 [k, B, d1], z2 [k, B, d2]], log p(z1, z2) [k, B], log q(z1, z2 | x) [k, B])``,
+        drawn as :meth:`terms` draws them (the same ``z`` for the same seed)."""
         self.check_mode(mode)
         lam = self.variational_params(x) if params is None else params
         q1 = diag_gaussian(lam)
@@ -102,16 +103,13 @@ class HierarchicalVAE(VAE):
         if mode == "stop-q":
             q1 = diag_gaussian(lam.detach())
             q2 = diag_gaussian(detached_call(self.encoder2, z1))
-        return z1, z2, q1.log_prob(z1) + q2.log_prob(z2)
+        log_pz = self.prior().log_prob(z2) + self.p_z1(z2).log_prob(z1)
+        return [z1, z2], log_pz, q1.log_prob(z1) + q2.log_prob(z2)
 
     def terms(self, x, k=1, *, params=None, mode="reparam") -> LogWeightTerms:
         x = flat(x)
-        z1, z2, log_qz = self.posterior_sample(x, k, params=params, mode=mode)
-        return LogWeightTerms(
-            log_px_z=self.decoder(z1).log_prob(x),
-            log_pz=self.prior().log_prob(z2) + self.p_z1(z2).log_prob(z1),
-            log_qz=log_qz,
-        )
+        (z1, _), log_pz, log_qz = self.posterior_sample(x, k, params=params, mode=mode)
+        return LogWeightTerms(log_px_z=self.decoder(z1).log_prob(x), log_pz=log_pz, log_qz=log_qz)
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = False) -> Tensor:

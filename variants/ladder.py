@@ -119,7 +119,8 @@ class LadderVAE(VAE):
     def posterior_sample(
         self, x: Tensor, k: int = 1, *, params: Tensor | None = None, mode: str = "reparam"
     ) -> tuple[list[Tensor], Tensor, Tensor]:
-        """``([z_1, ..., z_L], log p(z) [k, B], log q(z | x) [k, B])`` as :meth:`terms` draws them."""
+        """``([z_1 [k, B, d_1], ..., z_L], log p(z) [k, B], log q(z | x) [k, B])``, drawn as
+        :meth:`terms` draws them (the same ``z`` for the same seed)."""
         self.check_mode(mode)
         hats = self.split_params(self.variational_params(x) if params is None else params)
         q_params = hats[-1].detach() if mode == "stop-q" else hats[-1]
