@@ -7,7 +7,7 @@ Every stochastic test fixes its seed; each tolerance is stated next to it with i
 from __future__ import annotations
 
 import math
-import subprocess
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,8 +20,6 @@ from torch.distributions import MultivariateNormal, kl_divergence
 import variants
 from bench import metrics
 from bench.objectives import Estimate
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -333,14 +331,16 @@ def test_time_step_counts_only_the_timed_calls():
     assert 0.01 <= t < 0.04
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
 def test_peak_memory_sees_a_large_allocation():
-    """CPU: the process's peak RSS. In a fresh process (this one's peak is whatever earlier tests
-    reached) a touched 256 MiB tensor must raise the peak by about 256 MiB (>= 240: the page
-    accounting is exact to a few pages, the rest of the process does not shrink meanwhile)."""
-    code = (
-        "import torch; from bench.metrics import peak_memory_mb as p; b = p(); "
-        "a = torch.ones(64 * 2**20); print(b, p())"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    before, after = map(float, out.stdout.split())
-    assert 240 <= after - before < 300, (before, after)
+    """CPU: the peak RSS of the process (it only grows, and a child inherits its parent's, so the
+    test works in this process). Touching a tensor of (peak - current RSS + 128 MiB) must lift the
+    peak by about 128 MiB; >= 120 allows for pages the allocator or the kernel account differently,
+    < 160 for the rest of the process growing meanwhile."""
+    page_mib = os.sysconf("SC_PAGE_SIZE") / 2**20
+    current = int(Path("/proc/self/statm").read_text().split()[1]) * page_mib
+    before = metrics.peak_memory_mb("cpu")
+    a = torch.ones(int((before - current + 128) * 2**18))  # float32: 2**18 per MiB, touched
+    after = metrics.peak_memory_mb("cpu")
+    del a
+    assert 120 <= after - before < 160, (current, before, after)
