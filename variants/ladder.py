@@ -144,6 +144,11 @@ class LadderVAE(VAE):
         return LogWeightTerms(log_px_z=self.decoder(zs[0]).log_prob(x), log_pz=log_pz, log_qz=log_qz)
 
     @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """The decoder's mean at one ``z1 ~ q(z1 | x)`` (upper levels drawn too): ``[B, D]``."""
+        return self.decoder.mean(self.posterior_sample(x, 1)[0][0][0])
+
+    @torch.no_grad()
     def sample(self, n: int, mean: bool = False) -> Tensor:
         z = self.prior().sample((n,))
         for td in reversed(self.decoder_td):
