@@ -32,6 +32,20 @@ def _progress(prefix: str):
 def cmd_run(args) -> int:
     import torch
 
+    # Argument validation of torch.distributions costs time on every call of the hot path, and a
+    # diverging run must reach the loop's finiteness check (NonFiniteLoss) rather than die inside
+    # a constructor: off while the suite runs.
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        return _run_suite(args)
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
+
+
+def _run_suite(args) -> int:
+    import torch
+
     from bench import config, data, tracking, train
 
     suite = config.load_suite(args.suite, config.parse_overrides(args.set or []))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,10 +99,6 @@ GRID_KEYS = ("variants", "objectives", "datasets", "seeds")
 _HINTS = typing.get_type_hints(RunConfig)
 
 
-def _type_name(t) -> str:
-    return getattr(t, "__name__", None) if not typing.get_args(t) else str(t)
-
-
 def coerce(key: str, value, *, source: str):
     """Check ``value`` (from TOML or a ``key=value`` string) against the type of ``key``."""
     t = _HINTS[key]
@@ -123,6 +118,8 @@ def coerce(key: str, value, *, source: str):
 
 
 def _scalar(key: str, t: type, value, source: str):
+    if isinstance(value, str) and t is not str and source != "--set":
+        raise ConfigError(f"{source}: {key} must be {t.__name__}, got the string {value!r}")
     try:
         if t is bool:
             if isinstance(value, bool):

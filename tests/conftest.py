@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +21,28 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory) -> Path:
+    """An MLflow sqlite store with its schema, made once: creating one runs ~70 alembic
+    migrations (about 10 s here), which each test would otherwise repeat."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def store(tmp_path) -> str:
-    """A tracking URI for an sqlite store that does not exist yet."""
+def store(tmp_path, _empty_store) -> str:
+    """A tracking URI for a fresh, empty sqlite store of this test's own."""
+    shutil.copy(_empty_store, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def new_store(tmp_path) -> str:
+    """A tracking URI for an sqlite store that does not exist yet (nothing may create it)."""
+    return f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -82,14 +82,15 @@ def cli_main(args, capsys):
         (["--set", "epochs"], "expects key=value"),
     ],
 )
-def test_bad_overrides_fail_before_the_store_exists(tmp_path, store, capsys, args, message):
-    code, err = cli_main(["run", "--suite", str(TINY), "--tracking-uri", store, *args], capsys)
+def test_bad_overrides_fail_before_the_store_exists(tmp_path, new_store, capsys, args, message):
+    code, err = cli_main(["run", "--suite", str(TINY), "--tracking-uri", new_store, *args], capsys)
     assert code == 2
     assert message in err and "Traceback" not in err
-    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "new").exists()
 
 
-def test_bad_suite_files(tmp_path, store, capsys):
+def test_bad_suite_files(tmp_path, new_store, capsys):
+    store = new_store
     bad = tmp_path / "bad.toml"
     bad.write_text("[defaults\nepochs = 2\n")
     code, err = cli_main(["run", "--suite", str(bad), "--tracking-uri", store], capsys)
@@ -108,10 +109,11 @@ def test_bad_suite_files(tmp_path, store, capsys):
     assert code == 2 and "cannot read suite file" in err
     code, err = cli_main(["run", "--suite", "no-such-suite", "--tracking-uri", store], capsys)
     assert code == 2 and "no suite 'no-such-suite'" in err and "smoke" in err
-    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "new").exists()
 
 
-def test_missing_dataset_offline_is_a_clear_error(tmp_path, store):
+def test_missing_dataset_offline_is_a_clear_error(tmp_path, new_store):
+    store = new_store
     """MNIST is not on disk and this machine has no route to its mirrors: exit 2, how to get it."""
     suite = tmp_path / "mnist.toml"
     suite.write_text('[[grid]]\nvariants = ["vanilla"]\ndatasets = ["mnist"]\n')
@@ -121,7 +123,7 @@ def test_missing_dataset_offline_is_a_clear_error(tmp_path, store):
     assert proc.returncode == 2, proc.stderr
     assert "error: dataset 'mnist' is not on disk" in proc.stderr and "Traceback" not in proc.stderr
     assert "train-images-idx3-ubyte" in proc.stderr
-    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "new").exists()
 
 
 def test_nan_loss_marks_the_run_failed_and_the_suite_goes_on(tmp_path, store, capsys, monkeypatch):
