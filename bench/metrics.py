@@ -124,9 +124,12 @@ def optimize_local(
     steps, so each datapoint's parameters move at their own scale) and ``k`` samples per step. The
     gradient is taken with respect to ``lam`` only (``torch.autograd.grad``), so no model parameter
     or ``.grad`` changes. Stopping rule: every ``window`` steps the mean bound over that window
-    (nats per example, batch average) is compared with the previous window's; it stops when the
-    improvement is below ``tol``, or after ``steps`` steps. Returns the average of ``lam`` over the
-    last window (Polyak averaging removes most of Adam's stationary jitter at a constant ``lr``).
+    (nats per example, batch average; averaging ``window * k`` draws damps the Monte Carlo noise)
+    is compared with the best window so far; it stops when ``patience`` windows in a row improve
+    on it by less than ``tol`` (one noisy window does not end a run that is still climbing), or
+    after ``steps`` steps. Returns the average of ``lam`` over the last window (Polyak averaging
+    removes most of Adam's stationary jitter at a constant ``lr``; on the pPCA oracle the result
+    is within ~0.005 nats of the best diagonal Gaussian, see tests/test_metrics.py).
     """
     if steps < 1:
         return lam.detach(), 0
@@ -134,7 +137,7 @@ def optimize_local(
     lam = lam.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([lam], lr=lr)
     best, stale = -math.inf, 0
-    acc = torch.zeros((), device=lam.device, dtype=torch.float64)
+    acc = torch.zeros((), device=lam.device, dtype=torch.float32)
     avg = torch.zeros_like(lam, dtype=torch.promote_types(lam.dtype, torch.float32))
     step = start = 0
     while True:
