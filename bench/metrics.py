@@ -453,13 +453,14 @@ def time_step(
     for _ in range(n_warmup):
         fn()
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(n_iters):
-            fn()
-        end.record()
-        end.synchronize()
+        with torch.cuda.device(device):
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(n_iters):
+                fn()
+            end.record()
+            end.synchronize()
         return start.elapsed_time(end) / 1e3 / n_iters
     t0 = time.perf_counter()
     for _ in range(n_iters):
