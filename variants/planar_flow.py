@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Distribution, Transform, TransformedDistribution, constraints
 from torch.nn.functional import softplus
 
