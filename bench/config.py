@@ -65,7 +65,7 @@ class RunConfig:
     eval_chunk: int = 2**20  # log-weights evaluated at once (bounds memory)
     gap_epochs: list[int] = field(default_factory=list)  # gaps after these epochs; final always
     gap_size: int = 100  # fixed test subset for the gaps
-    gap_steps: int = 300  # step budget of the local (per-datapoint) optimization
+    gap_steps: int = 1000  # step budget of the local (per-datapoint) optimization
     gap_k: int = 0  # samples for log p(x) in the gaps; 0 = eval_k
     grad_epochs: list[int] = field(default_factory=list)  # gradient stats after these; final always
     grad_objectives: list[str] = field(default_factory=list)  # extra objectives measured
