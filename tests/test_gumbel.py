@@ -63,6 +63,8 @@ def test_registered_with_declared_contract():
     assert set(cls.modes) == {"score", "relaxed", "straight-through"}
     assert model.variational_params(torch.zeros(4, X_DIM, dtype=torch.double)).shape == (4, 6)
     assert model.sample(7).shape == (7, X_DIM)
+    recon = model.reconstruct(torch.ones(4, X_DIM, dtype=torch.double))
+    assert recon.shape == (4, X_DIM) and ((recon > 0) & (recon < 1)).all()  # Bernoulli means
     # latent_dim is accepted and ignored: the code size is n_latent * n_classes
     assert model.code_dim == N_LAT * N_CLS
     assert set(objectives.applicable(cls)) == {"gumbel-softmax", "st-gumbel", "reinforce", "vimco"}

@@ -164,6 +164,12 @@ class GumbelSoftmaxVAE(VAE):
         )
 
     @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """The decoder's mean at one exact sample ``H ~ q(z | x)``: ``[B, D]``."""
+        hard, _, _ = gumbel_softmax_sample(self.log_probs(self.variational_params(x)), self.tau)
+        return self.decoder.mean(hard.flatten(-2))
+
+    @torch.no_grad()
     def sample(self, n: int, mean: bool = False) -> Tensor:
         idx = torch.randint(self.n_classes, (n, self.n_latent), device=self.tau.device)
         z = F.one_hot(idx, self.n_classes).to(self.tau.dtype).flatten(-2)
