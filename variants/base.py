@@ -76,7 +76,10 @@ class VAE(nn.Module):
       say (``iwae`` is the vanilla networks with the IWAE objective, for instance);
     * ``eval_mode``: the mode used by :meth:`log_weights` (exact samples of ``q``);
     * ``local_objective``: the objective that optimizes free per-datapoint parameters ``lambda``
-      for the gap decomposition (the ELBO for reparameterizable families).
+      for the gap decomposition (the ELBO for reparameterizable families);
+    * ``q_determined_by_params``: ``lambda = variational_params(x)`` fixes ``q(z | x)`` entirely
+      (no inference weights act after it, as in a two-layer ``q(z2 | z1)`` network). DReG needs it:
+      its per-path weights are applied to the gradient that reaches ``lambda``.
     """
 
     name: ClassVar[str] = "?"
@@ -86,6 +89,7 @@ class VAE(nn.Module):
     default_k: ClassVar[int] = 1
     eval_mode: ClassVar[str] = "reparam"
     local_objective: ClassVar[str] = "elbo"
+    q_determined_by_params: ClassVar[bool] = True
 
     def __init__(self, x_shape: tuple[int, ...], likelihood: str) -> None:
         super().__init__()

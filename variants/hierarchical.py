@@ -54,6 +54,7 @@ def draw(q: Distribution, k: tuple[int, ...], mode: str) -> Tensor:
 @register("hierarchical")
 class HierarchicalVAE(VAE):
     modes = frozenset({"reparam", "stop-q", "score"})
+    q_determined_by_params = False  # q(z2 | z1) / the top-down pass act after lambda: no DReG
     default_objective = "elbo"
 
     def __init__(

@@ -64,6 +64,7 @@ def precision_merge(hat: Tensor, p: Tensor) -> Tensor:
 @register("ladder")
 class LadderVAE(VAE):
     modes = frozenset({"reparam", "stop-q", "score"})
+    q_determined_by_params = False  # q(z2 | z1) / the top-down pass act after lambda: no DReG
     default_objective = "elbo"
 
     def __init__(

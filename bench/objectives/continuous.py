@@ -16,7 +16,7 @@ from bench.objectives.registry import Estimate, register
 from variants.base import LogWeightTerms, flat
 
 
-@register("dreg", modes=("stop-q",))
+@register("dreg", modes=("stop-q",), needs=("q_determined_by_params",))
 def dreg(model, x, k: int = 5, params=None) -> Estimate:
     """IWAE bound with the doubly reparameterized gradient (Tucker, Lawson, Gu & Maddison 2019).
 

@@ -36,6 +36,7 @@ class ObjectiveSpec:
     modes: frozenset[str]
     latents: frozenset[str]
     summary: str
+    needs: tuple[str, ...] = ()  # boolean class attributes the variant must set (e.g. q_determined_by_params)
 
 
 _REGISTRY: dict[str, ObjectiveSpec] = {}
@@ -50,18 +51,21 @@ class NotApplicableError(ValueError):
     """The objective cannot estimate gradients for this variant (declared, not guessed)."""
 
 
-def register(name: str, *, modes: tuple[str, ...], latents: tuple[str, ...] = ("continuous",)):
+def register(
+    name: str, *, modes: tuple[str, ...], latents: tuple[str, ...] = ("continuous",), needs: tuple[str, ...] = ()
+):
     """Decorator for an objective function or class.
 
     ``modes``: the ``terms`` sampling modes the objective calls; ``latents``: the latent kinds it is
-    meant for (``"continuous"``, ``"discrete"``). The first docstring line is its summary.
+    meant for (``"continuous"``, ``"discrete"``); ``needs``: boolean class attributes of the variant
+    that must hold (``variants.base.VAE`` documents them). The first docstring line is its summary.
     """
 
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"objective {name!r} registered twice")
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _REGISTRY[name] = ObjectiveSpec(name, fn, frozenset(modes), frozenset(latents), summary)
+        _REGISTRY[name] = ObjectiveSpec(name, fn, frozenset(modes), frozenset(latents), summary, tuple(needs))
         return fn
 
     return deco
@@ -82,7 +86,11 @@ def spec(name: str) -> ObjectiveSpec:
 
 def applies_to(name: str, variant_cls) -> bool:
     s = spec(name)
-    return variant_cls.latent in s.latents and s.modes <= set(variant_cls.modes)
+    return (
+        variant_cls.latent in s.latents
+        and s.modes <= set(variant_cls.modes)
+        and all(getattr(variant_cls, attr, False) for attr in s.needs)
+    )
 
 
 def applicable(variant_cls) -> list[str]:
@@ -95,7 +103,7 @@ def check_applies(name: str, variant_cls) -> None:
         s = spec(name)
         raise NotApplicableError(
             f"objective {name!r} needs {'/'.join(sorted(s.latents))} latents with sampling "
-            f"mode(s) {', '.join(sorted(s.modes))}; variant {variant_cls.name!r} "
+            f"mode(s) {', '.join(sorted(s.modes))}{''.join(f' and {a}' for a in s.needs)}; variant {variant_cls.name!r} "
             f"({variant_cls.latent} latents) supports: {', '.join(applicable(variant_cls)) or 'none'}"
         )
 
