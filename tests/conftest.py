@@ -15,10 +15,18 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "suites" / "tiny.toml"
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_threads():
-    torch.manual_seed(0)
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny tensors: on 2 shared cores threading only adds overhead and contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="session")

@@ -130,24 +130,18 @@ def test_every_applicable_objective_runs(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_bounds_are_ordered(name):
-    """E[ELBO] <= E[IWAE_5] <= E[IWAE_50] (Burda et al. 2016, Thm 1), on one fixed batch.
-
-    Each bound is averaged over 40 independent draws; the differences must not be negative by
-    more than 4 standard errors of the estimated difference (independent draws)."""
+def test_elbo_le_iwae5_le_iwae50(name):
+    """On a fixed batch, ELBO <= IWAE_5 <= IWAE_50 (Burda et al. 2016, Thm 1), both gaps
+    significantly positive for an untrained q: more than 3 standard errors over 40 independent
+    replicates x B examples (this also fails if the k samples were not independent draws)."""
     model, x = make(name)
-    torch.manual_seed(0)
     with torch.no_grad():
-        def draws(k):
-            lw = model.log_weights(x.repeat(40, *[1] * (x.dim() - 1)), k)  # [k, 40*B]
-            return (torch.logsumexp(lw, 0) - math.log(k)).reshape(40, B).mean(1)  # [40]
-        elbo = model.log_weights(x.repeat(40, *[1] * (x.dim() - 1)), 1).reshape(40, B).mean(1)
-        i5, i50 = draws(5), draws(50)
-    for lo, hi in ((elbo, i5), (i5, i50)):
-        diff = hi.mean() - lo.mean()
-        se = (hi.var() / 40 + lo.var() / 40).sqrt()
-        assert diff > -4 * se, (name, diff.item(), se.item())
-    assert i50.mean() > elbo.mean()  # strictly tighter for an untrained q
+        lw = model.log_weights(x, 50 * 40).reshape(40, 50, -1)  # [replicate, 50 draws, B]
+    elbo = lw.mean(1)
+    iwae5 = (torch.logsumexp(lw.reshape(40, 10, 5, -1), 2) - math.log(5)).mean(1)
+    iwae50 = torch.logsumexp(lw, 1) - math.log(50)
+    for gap in ((iwae5 - elbo).flatten(), (iwae50 - iwae5).flatten()):
+        assert gap.mean() > 3 * gap.std() / math.sqrt(len(gap)), name
 
 
 @pytest.mark.parametrize("name", sorted(set(ALL) - {"linear-gaussian"}))

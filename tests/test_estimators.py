@@ -32,15 +32,6 @@ from bench.objectives.basic import logmeanexp
 N_DRAWS, REPS, MAX_T = 50, 500, 5.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: threading only adds overhead (and contention on shared cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- helpers ----------------------------------------------------------------------------------------
 def flat_grad(loss, params):
     return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])

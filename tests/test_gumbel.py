@@ -20,15 +20,6 @@ from variants.gumbel_softmax import gumbel_noise, gumbel_softmax_sample
 N_LAT, N_CLS, X_DIM = 2, 3, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: threading only adds overhead (and contention on shared cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_model(seed: int = 0, **options):
     torch.manual_seed(seed)
     model = variants.build(
