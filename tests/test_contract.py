@@ -159,3 +159,18 @@ def test_training_raises_the_validation_bound(name):
     run(cfg, data, lambda m, step: seen.setdefault(step, {}).update(m))
     after = seen[3]["val/elbo"]
     assert after > before + 1.0, (before, after)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_continuous_data_with_a_gaussian_likelihood(name):
+    """Every variant also models continuous data: p(x | z) Gaussian, finite log-weights that
+    depend on x, samples of the data's shape."""
+    torch.manual_seed(0)
+    model = variants.build(name, x_shape=(5,), latent_dim=2, hidden=(8,), likelihood="gaussian")
+    x = torch.randn(4, 5)
+    torch.manual_seed(1)
+    lw = model.log_weights(x, 3)
+    assert lw.shape == (3, 4) and torch.isfinite(lw).all()
+    torch.manual_seed(1)
+    assert not torch.allclose(lw, model.log_weights(x + 10.0, 3))
+    assert model.sample(2).shape == (2, 5)
