@@ -57,26 +57,27 @@ _FIXED = {
     "iwae": _CB[1],
     "planar-flow": _CB[2],
     "iaf": _CB[3],
-    "hierarchical": _CB[4],
-    "ladder": _CB[5],
+    "hierarchical": "#332288",  # indigo (Tol): the colour-blind palette's 4/5 sit near 6 and 1
+    "ladder": _CB[9],
     "gumbel-softmax": _CB[6],
     "linear-gaussian": _CB[7],
 }
-_SPARE = [_CB[8], _CB[9], *sns.color_palette("dark", 10), *sns.color_palette("pastel", 10)]
+_SPARE = [_CB[4], _CB[5], _CB[8], *sns.color_palette("dark", 10), *sns.color_palette("pastel", 10)]
 
-# The final metrics of the tables, in report order: (metric, label, unit, higher is better?).
+# The final metrics of the tables, in report order:
+# (metric, label, unit, higher is better?, decimals shown in the README).
 TABLE_METRICS = [
-    ("test/log_px", "log p(x)", "nats", True),
-    ("test/elbo", "ELBO", "nats", True),
-    ("test/recon", "recon.", "nats", True),
-    ("test/kl", "KL", "nats", False),
-    ("test/active_units", "active units", "count", True),
-    ("gap/approximation", "approx. gap", "nats", False),
-    ("gap/amortization", "amort. gap", "nats", False),
-    ("perf/train_examples_per_s", "train ex/s", "1/s", True),
-    ("perf/eval_examples_per_s", "eval ex/s", "1/s", True),
-    ("perf/train_seconds", "train time", "s", False),
-    ("perf/peak_mem_mb", "peak mem", "MB", False),
+    ("test/log_px", "log p(x)", "nats", True, 2),
+    ("test/elbo", "ELBO", "nats", True, 2),
+    ("test/recon", "recon.", "nats", True, 2),
+    ("test/kl", "KL", "nats", False, 2),
+    ("test/active_units", "active units", "count", True, 1),
+    ("gap/approximation", "approx. gap", "nats", False, 2),
+    ("gap/amortization", "amort. gap", "nats", False, 2),
+    ("perf/train_examples_per_s", "train", "examples/s", True, 0),
+    ("perf/eval_examples_per_s", "eval", "examples/s", True, 0),
+    ("perf/train_seconds", "train time", "s", False, 2),
+    ("perf/peak_mem_mb", "peak mem", "MB", False, 0),
 ]
 KEY = ["variant", "objective", "dataset"]
 PROTOCOL_PARAMS = [
@@ -155,8 +156,8 @@ def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
     df = df.drop_duplicates(KEY + ["seed"], keep="last").drop(columns="_done")
     if len(df) < n:
         notes.append(
-            f"{n - len(df)} older run(s) of the same variant/objective/dataset/seed were superseded "
-            "by a later invocation and are not shown"
+            f"{n - len(df)} other run(s) of an already reported variant/objective/dataset/seed "
+            "(earlier invocations, or later ones that did not finish) are not shown"
         )
     bad = df[df["status"] != "FINISHED"]
     for _, r in bad.iterrows():
@@ -211,10 +212,9 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _fmt(mean: float, sd: float, n: int) -> str:
+def _fmt(mean: float, sd: float, n: int, digits: int) -> str:
     if n == 0 or not np.isfinite(mean):
         return "—"
-    digits = 0 if abs(mean) >= 1000 else 2
     s = f"{mean:.{digits}f}"
     if n > 1 and np.isfinite(sd):
         s += f" ± {sd:.{digits}f}"
@@ -224,12 +224,12 @@ def _fmt(mean: float, sd: float, n: int) -> str:
 def _markdown_table(summary: pd.DataFrame) -> str:
     present = [t for t in TABLE_METRICS if summary[f"{t[0]} n"].sum() > 0]
     head = ["variant", "objective", "dataset", "seeds"] + [
-        f"{label} [{unit}] {'↑' if up else '↓'}" for _, label, unit, up in present
+        f"{label} [{unit}] {'↑' if up else '↓'}" for _, label, unit, up, _ in present
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in summary.iterrows():
         cells = [str(r["variant"]), str(r["objective"]), str(r["dataset"]), str(r["seeds"])]
-        cells += [_fmt(r[f"{m} mean"], r[f"{m} sd"], r[f"{m} n"]) for m, *_ in present]
+        cells += [_fmt(r[f"{m} mean"], r[f"{m} sd"], r[f"{m} n"], d) for m, *_, d in present]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -258,41 +258,53 @@ def _learning_curves(client, df, path, written, notes):
     datasets = sorted(h["dataset"].unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.5), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
-        sns.lineplot(data=h[h["dataset"] == ds], x="step", y="value", hue="variant",
-                     hue_order=variants, palette=pal, style="objective", style_order=objectives,
+        d = h[h["dataset"] == ds]
+        sns.lineplot(data=d, x="step", y="value", hue="variant",
+                     hue_order=[v for v in variants if v in set(d["variant"])], palette=pal,
+                     style="objective", style_order=[o for o in objectives if o in set(d["objective"])],
                      errorbar="sd", markers=True, dashes=True, ax=ax)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set(xlabel="epoch", ylabel=f"validation ELBO [{NATS}] (higher is better)",
                title=f"Learning curves on {ds} (mean ± sd over seeds)")
-        ax.legend(fontsize=8)
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
         ax.grid(alpha=0.3)
+    fig.tight_layout()
     _save(fig, path, written)
 
 
-def _points(ax, data, x, order, hue_order, pal, y):
-    """Mean (large marker) with sd error bars over seeds, each seed a small dot; one colour per
-    variant, dodged within each x category. Points, not bars: the values are negative nats."""
-    present = [v for v in hue_order if v in set(data["variant"])]
-    order = [o for o in order if o in set(data[x])]
-    # stripplot's dodge=True gives each hue 0.8/n of the category; the same centres for pointplot
-    dodge = 0.8 - 0.8 / len(present) if len(present) > 1 else False
-    sns.stripplot(data=data, x=x, y=y, hue="variant", order=order, hue_order=present,
-                  palette=pal, dodge=dodge is not False, alpha=0.5, size=5, legend=False, ax=ax)
-    sns.pointplot(data=data, x=x, y=y, hue="variant", order=order, hue_order=present, palette=pal,
-                  errorbar="sd", dodge=dodge, linestyle="none", markers="D", markersize=8,
-                  capsize=0.08, err_kws={"linewidth": 1.5}, ax=ax)
+def _group_label(variant: str, objective: str) -> str:
+    return f"{variant}\n{objective}"
+
+
+def _points(ax, data, variants, pal, y):
+    """One x slot per (variant, objective), coloured by variant: the mean (large marker) with sd
+    error bars over seeds, each seed a small dot. Points, not bars: the values are negative nats."""
+    data = data.assign(group=[_group_label(v, o) for v, o in zip(data["variant"], data["objective"])])
+    order = sorted(set(data["group"]), key=lambda g: (variants.index(g.split("\n")[0]), g))
+    present = [v for v in variants if v in set(data["variant"])]
+    sns.stripplot(data=data, x="group", y=y, hue="variant", order=order, hue_order=present,
+                  palette=pal, alpha=0.5, size=5, legend=False, ax=ax)
+    sns.pointplot(data=data, x="group", y=y, hue="variant", order=order, hue_order=present,
+                  palette=pal, errorbar="sd", linestyle="none", markers="D", markersize=8,
+                  capsize=0.15, err_kws={"linewidth": 1.5}, legend=False, ax=ax)
+    ax.tick_params(axis="x", labelsize=9)
+    if len(order) > 6:
+        ax.tick_params(axis="x", labelrotation=45)
+        for t in ax.get_xticklabels():
+            t.set_horizontalalignment("right")
 
 
 def _grid_by_dataset(df, path, written, cols, ylabels, titles, note, zero=False):
     """One row per dataset (values of different datasets are not comparable), one column per
-    metric in ``cols``; x = training objective, colour = variant, mean ± sd over seeds.
+    metric in ``cols``; x = variant and training objective, colour = variant, mean ± sd over seeds.
     ``zero``: the y axis starts at 0 (rates, where ratios matter)."""
     cols = [c for c in cols if c in df and df[c].notna().any()]
     if not cols:
         return False
     variants, objectives, pal = _ordered(df)
     datasets = sorted(df["dataset"].unique())
-    width = max(6.0, 0.9 * len(objectives) * min(len(variants), 4) + 2.0)
+    groups = df[["variant", "objective"]].drop_duplicates().groupby(df["dataset"]).size().max()
+    width = min(max(5.0, 0.8 * groups + 2.0), 10.0)
     fig, axes = plt.subplots(len(datasets), len(cols), figsize=(width * len(cols), 4.4 * len(datasets)),
                              squeeze=False)
     for row, ds in zip(axes, datasets):
@@ -301,11 +313,10 @@ def _grid_by_dataset(df, path, written, cols, ylabels, titles, note, zero=False)
             if d.empty:
                 ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
             else:
-                _points(ax, d, "objective", objectives, variants, pal, c)
-                ax.legend(fontsize=8, title="variant")
+                _points(ax, d, variants, pal, c)
                 if zero:
                     ax.set_ylim(0, 1.1 * d[c].max())
-            ax.set(xlabel="training objective", ylabel=ylabel, title=f"{title} on {ds}")
+            ax.set(xlabel="variant / training objective", ylabel=ylabel, title=f"{title} on {ds}")
             ax.grid(axis="y", alpha=0.3)
     fig.suptitle(note, fontsize=10)
     fig.tight_layout()
@@ -454,7 +465,7 @@ def _cost_quality(df, path, written, notes):
     variants, objectives, pal = _ordered(df)
     markers = dict(zip(objectives, ["o", "X", "s", "P", "D", "^", "v", "*", "p", "h"] * 3))
     datasets = sorted(df["dataset"].unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(8.5 * len(datasets), 5), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
         d = df[(df["dataset"] == ds) & df[x].notna() & df[y].notna()]
         if d.empty:
@@ -467,7 +478,7 @@ def _cost_quality(df, path, written, notes):
                 ax.errorbar(g[x].mean(), g[y].mean(), xerr=_sd(g[x]), yerr=_sd(g[y]), fmt=markers[o],
                             color=pal[v], markersize=9, markeredgecolor="black", capsize=3,
                             label=f"{v} / {o}")
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         ax.set(xlabel="training time [s]", ylabel=f"test log p(x) [{NATS}] (higher is better)",
                title=f"Cost-quality front on {ds}")
         ax.grid(alpha=0.3)
@@ -498,7 +509,7 @@ def _samples(client, df, path, written, notes):
     cols = min(n, 4)
     rows = math.ceil(n / cols)
     _, _, pal = _ordered(df)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 4.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     multi_ds = len({i[2] for i in images}) > 1

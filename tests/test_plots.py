@@ -169,6 +169,30 @@ def test_half_finished_only_draws_what_exists(tmp_path, capsys):
     assert "gap figure not drawn" in err and "samples figure not drawn" in err
 
 
+def test_a_rerun_supersedes_older_runs_of_the_same_key(tmp_path):
+    """Two invocations of one (variant, objective, dataset, seed): the later FINISHED run is
+    reported, a later FAILED one does not displace it, and the README says runs were dropped."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("again", artifact_location=(tmp_path / "art").as_uri())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    pid = client.create_run(exp, run_name="first", tags={"vaebench.role": "parent"}).info.run_id
+    _child(client, exp, pid, "vanilla", "elbo", 0, scratch)
+    LOG_PX[("vanilla", "elbo")][0] = -20.0  # the second invocation's value
+    try:
+        pid = client.create_run(exp, run_name="second", tags={"vaebench.role": "parent"}).info.run_id
+        keep = _child(client, exp, pid, "vanilla", "elbo", 0, scratch)
+        pid = client.create_run(exp, run_name="third", tags={"vaebench.role": "parent"}).info.run_id
+        _child(client, exp, pid, "vanilla", "elbo", 0, scratch, status="FAILED", final=False)
+    finally:
+        LOG_PX[("vanilla", "elbo")][0] = -30.0
+    df, notes = plots.load_runs("again", uri)
+    assert df["run_id"].tolist() == [keep]
+    assert df["metrics.test/log_px"].tolist() == [-20.0]
+    assert any("2 other run(s)" in n for n in notes)
+
+
 def test_variant_colours_are_fixed_per_name():
     a = plots.variant_colors(["vanilla", "iwae", "my-new-variant"])
     b = plots.variant_colors(["my-new-variant", "ladder"])
