@@ -130,7 +130,9 @@ def test_rest_api_serves_runs_and_artifacts(server, suite_runs):
         assert r.read()[:8] == PNG_MAGIC
 
 
-def _browser_or_skip():
+@pytest.fixture(scope="module")
+def chromium():
+    """(chromium executable, sync_playwright); skip without them, fail under CI=true."""
     exe = shutil.which("chromium")
     try:
         from playwright.sync_api import sync_playwright
@@ -146,8 +148,8 @@ def _browser_or_skip():
     return exe, sync_playwright
 
 
-def test_browser_shows_runs_metrics_and_artifacts(server, suite_runs, tmp_path):
-    exe, sync_playwright = _browser_or_skip()
+def test_browser_shows_runs_metrics_and_artifacts(chromium, server, suite_runs, tmp_path):
+    exe, sync_playwright = chromium
     exp_id, parent, children = suite_runs
     child = next(c for c in children if c.data.params["dataset"] == "digits")
     with sync_playwright() as pw:
