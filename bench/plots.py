@@ -528,15 +528,19 @@ def _samples(client, df, path, written, notes):
 def _protocol(df: pd.DataFrame) -> list[str]:
     import mlflow
 
-    lines = ["| setting | value |", "|---|---|"]
-    for p in PROTOCOL_PARAMS:
-        col = f"params.{p}"
+    lines = ["| setting | value(s) over the runs (distinct values separated by ;) |", "|---|---|"]
+
+    def row(name: str, col: str) -> None:
         vals = sorted({str(v) for v in df[col].dropna()}) if col in df else []
-        lines.append(f"| {p} | {', '.join(vals) if vals else 'not recorded'} |")
+        text = "; ".join(v if v else "(empty)" for v in vals) if vals else "not recorded"
+        lines.append(f"| {name} | {text.replace('|', '/')} |")
+
+    others = sorted(c.removeprefix("params.") for c in df.columns if c.startswith("params."))
+    shown = {"variant", "objective", "seed"}  # in the results table
+    for p in PROTOCOL_PARAMS + [p for p in others if p not in PROTOCOL_PARAMS and p not in shown]:
+        row(p, f"params.{p}")
     for t in PROTOCOL_TAGS:
-        col = f"tags.{t}"
-        vals = sorted({str(v) for v in df[col].dropna()}) if col in df else []
-        lines.append(f"| {t} | {', '.join(vals) if vals else 'not recorded'} |")
+        row(t, f"tags.{t}")
     lines.append(f"| mlflow | {mlflow.__version__} |")
     seeds = sorted({int(s) for s in df["seed"].dropna()})
     lines.append(f"| seeds | {', '.join(map(str, seeds)) or 'not recorded'} |")
