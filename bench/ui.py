@@ -145,7 +145,9 @@ def serve(tracking_uri: str, host: str = LOOPBACK, port: int = 5000) -> int:
     0 when stopped by the user; the server's own exit code if it ends by itself.
     """
     proc = start(tracking_uri, port, host)
-    old = signal.signal(signal.SIGTERM, _raise_stop)
+    # The server runs in its own session, so a terminal's Ctrl-C reaches only this process: both
+    # signals are handled here (explicitly, also where SIGINT was inherited as ignored).
+    old = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     base = f"http://{host}:{port}"
     try:
         wait_healthy(base, timeout=120, proc=proc)
@@ -156,7 +158,7 @@ def serve(tracking_uri: str, host: str = LOOPBACK, port: int = 5000) -> int:
             print(f"  {exp.name}: {runs_page_url(base, exp.experiment_id)}", flush=True)
         print("Ctrl-C stops it.", flush=True)
         return proc.wait()
-    except (KeyboardInterrupt, _Stop):
+    except _Stop:
         print("\nstopping the MLflow server", file=sys.stderr, flush=True)
         stop(proc)
         return 0
@@ -165,4 +167,5 @@ def serve(tracking_uri: str, host: str = LOOPBACK, port: int = 5000) -> int:
         raise BenchError(str(e)) from None
     finally:
         stop(proc)
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

@@ -188,8 +188,10 @@ def test_browser_shows_runs_metrics_and_artifacts(chromium, server, suite_runs, 
     print(f"screenshots in {tmp_path}")
 
 
-def test_serve_prints_runs_url_and_stops_on_sigterm(filled, suite_runs):
-    """``python -m bench ui``: prints the runs-page URL, SIGTERM stops server and workers, exit 0."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_serve_prints_runs_url_and_stops_on_signal(filled, suite_runs, sig):
+    """``python -m bench ui``: prints the runs-page URL; Ctrl-C (SIGINT) or SIGTERM stops the
+    server and its workers, exit code 0."""
     uri, root = filled
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"PYTHONPATH": str(ROOT)}
@@ -210,7 +212,7 @@ def test_serve_prints_runs_url_and_stops_on_sigterm(filled, suite_runs):
             assert any(want in line for line in lines), "".join(lines) + (root / "serve.log").read_text()
             server_pids = subprocess.run(["pgrep", "-f", "--", f"--port {port}"], capture_output=True, text=True).stdout.split()
             assert server_pids, "no mlflow server process found"
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
             assert proc.wait(timeout=30) == 0
             time.sleep(0.5)
             for pid in server_pids:
