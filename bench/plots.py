@@ -256,8 +256,8 @@ def _learning_curves(client, df, path, written, notes):
         return
     variants, objectives, pal = _ordered(df)
     datasets = sorted(h["dataset"].unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.5), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(8.5, 4.5 * len(datasets)), squeeze=False)
+    for ax, ds in zip(axes[:, 0], datasets):
         d = h[h["dataset"] == ds]
         sns.lineplot(data=d, x="step", y="value", hue="variant",
                      hue_order=[v for v in variants if v in set(d["variant"])], palette=pal,
@@ -295,20 +295,21 @@ def _points(ax, data, variants, pal, y):
 
 
 def _grid_by_dataset(df, path, written, cols, ylabels, titles, note, zero=False):
-    """One row per dataset (values of different datasets are not comparable), one column per
-    metric in ``cols``; x = variant and training objective, colour = variant, mean ± sd over seeds.
+    """One panel per (dataset, metric in ``cols``), stacked in one column so the figure stays
+    legible at the width GitHub shows it (datasets are never mixed in a panel: their values are
+    not comparable); x = variant and training objective, colour = variant, mean ± sd over seeds.
     ``zero``: the y axis starts at 0 (rates, where ratios matter)."""
     cols = [c for c in cols if c in df and df[c].notna().any()]
     if not cols:
         return False
-    variants, objectives, pal = _ordered(df)
+    variants, _, pal = _ordered(df)
     datasets = sorted(df["dataset"].unique())
-    groups = df[["variant", "objective"]].drop_duplicates().groupby(df["dataset"]).size().max()
+    groups = df[["dataset", "variant", "objective"]].drop_duplicates().groupby("dataset").size().max()
     width = min(max(5.0, 0.8 * groups + 2.0), 10.0)
-    fig, axes = plt.subplots(len(datasets), len(cols), figsize=(width * len(cols), 4.4 * len(datasets)),
+    fig, axes = plt.subplots(len(datasets) * len(cols), 1, figsize=(width, 4.2 * len(datasets) * len(cols)),
                              squeeze=False)
-    for row, ds in zip(axes, datasets):
-        for ax, c, ylabel, title in zip(row, cols, ylabels, titles):
+    for i, ds in enumerate(datasets):
+        for ax, c, ylabel, title in zip(axes[i * len(cols):, 0], cols, ylabels, titles):
             d = df[(df["dataset"] == ds) & df[c].notna()]
             if d.empty:
                 ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
@@ -318,8 +319,8 @@ def _grid_by_dataset(df, path, written, cols, ylabels, titles, note, zero=False)
                     ax.set_ylim(0, 1.1 * d[c].max())
             ax.set(xlabel="variant / training objective", ylabel=ylabel, title=f"{title} on {ds}")
             ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(note, fontsize=10)
     fig.tight_layout()
+    fig.suptitle(note, fontsize=10, y=1.0, va="bottom")  # above the panels; bbox "tight" keeps it
     _save(fig, path, written)
     return True
 
@@ -465,8 +466,8 @@ def _cost_quality(df, path, written, notes):
     variants, objectives, pal = _ordered(df)
     markers = dict(zip(objectives, ["o", "X", "s", "P", "D", "^", "v", "*", "p", "h"] * 3))
     datasets = sorted(df["dataset"].unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(8.5 * len(datasets), 5), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(8.5, 5 * len(datasets)), squeeze=False)
+    for ax, ds in zip(axes[:, 0], datasets):
         d = df[(df["dataset"] == ds) & df[x].notna() & df[y].notna()]
         if d.empty:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
@@ -482,9 +483,9 @@ def _cost_quality(df, path, written, notes):
         ax.set(xlabel="training time [s]", ylabel=f"test log p(x) [{NATS}] (higher is better)",
                title=f"Cost-quality front on {ds}")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"large markers: mean ± sd over seeds, small: seeds — {_device_label(df)}",
-                 fontsize=10)
     fig.tight_layout()
+    fig.suptitle(f"large markers: mean ± sd over seeds, small: seeds\n{_device_label(df)}",
+                 fontsize=10, y=1.0, va="bottom")
     _save(fig, path, written)
 
 
