@@ -138,13 +138,21 @@ def _log_artifacts(tracker, run_id: str, model, ds) -> None:
         tmp = Path(tmp)
         if len(ds.x_shape) == 3:  # images
             model.eval()
-            save_image(model.sample(64, mean=True).float().cpu(), tmp / "samples.png", nrow=8, padding=1)
+            # nearest-neighbour upscaling so that 8x8 digits are legible in the UI (28x28 stays 1:1)
+            scale = max(1, 32 // ds.x_shape[-1])
+
+            def grid(images, name: str) -> None:
+                images = torch.nn.functional.interpolate(images.float().cpu(), scale_factor=scale, mode="nearest")
+                save_image(images, tmp / name, nrow=8, padding=2, pad_value=0.5)
+                tracker.log_artifact(run_id, tmp / name)
+
+            grid(model.sample(64, mean=True), "samples.png")
             x = ds.test[:32]
-            z_mean = model.reconstruct(x).reshape(len(x), *ds.x_shape).cpu()
-            pairs = torch.stack([x.reshape(len(x), *ds.x_shape).cpu(), z_mean], 1).flatten(0, 1)
-            save_image(pairs, tmp / "reconstructions.png", nrow=8, padding=1)
-            tracker.log_artifact(run_id, tmp / "samples.png")
-            tracker.log_artifact(run_id, tmp / "reconstructions.png")
+            recon = model.reconstruct(x).reshape(len(x), *ds.x_shape)
+            grid(torch.stack([x.reshape(len(x), *ds.x_shape), recon], 1).flatten(0, 1), "reconstructions.png")
+        else:  # vectors: scatter plots of model samples against test data, reconstructions against data
+            for name in _vector_figures(model, ds.test[:500], tmp):
+                tracker.log_artifact(run_id, tmp / name)
         hist = {
             key: [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, key)]
             for key in ("train/loss", "val/elbo", "gap/approximation", "gap/amortization")
@@ -153,6 +161,36 @@ def _log_artifacts(tracker, run_id: str, model, ds) -> None:
         tracker.log_artifact(run_id, tmp / "curves.png", "figures")
         torch.save(model.state_dict(), tmp / "model.pt")
         tracker.log_artifact(run_id, tmp / "model.pt")
+
+
+def _vector_figures(model, x, tmp: Path) -> list[str]:
+    """``samples.png``: 500 model samples over the test data in the first two coordinates;
+    ``reconstructions.png``: every coordinate's reconstruction against its value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = model.sample(len(x)).reshape(len(x), -1).cpu()
+    r = model.reconstruct(x).reshape(len(x), -1).cpu()
+    x = x.reshape(len(x), -1).cpu()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(x[:, 0], x[:, 1], s=6, alpha=0.5, label="test data")
+    ax.scatter(s[:, 0], s[:, 1], s=6, alpha=0.5, label="model samples")
+    ax.set(xlabel="x[0]", ylabel="x[1]", title="samples vs data")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(tmp / "samples.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(x.flatten(), r.flatten(), s=3, alpha=0.3)
+    lo, hi = float(x.min()), float(x.max())
+    ax.plot([lo, hi], [lo, hi], color="k", lw=1)
+    ax.set(xlabel="x (every coordinate)", ylabel="reconstruction mean", title="reconstructions")
+    fig.tight_layout()
+    fig.savefig(tmp / "reconstructions.png", dpi=100)
+    plt.close(fig)
+    return ["samples.png", "reconstructions.png"]
 
 
 def _print_summary(summary, seconds: float) -> None:

@@ -468,12 +468,42 @@ def time_step(
     return (time.perf_counter() - t0) / n_iters
 
 
+def reset_peak_memory(device: str | torch.device = "cpu") -> None:
+    """Start a new peak-memory window. CUDA: ``torch.cuda.reset_peak_memory_stats``. CPU (Linux):
+    writing ``5`` to ``/proc/self/clear_refs`` resets the process's ``VmHWM`` (peak RSS); elsewhere
+    the CPU peak cannot be reset and stays the process's lifetime peak."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _vm_hwm_kib() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_memory_mb(device: str | torch.device = "cpu") -> float:
-    """Peak memory in MiB. CUDA: ``torch.cuda.max_memory_allocated`` (tensors only, since the last
-    ``torch.cuda.reset_peak_memory_stats``). CPU: the peak resident set size of the *whole process*
-    (``resource.getrusage``; it never resets and includes Python, torch and everything loaded)."""
+    """Peak memory in MiB since the last :func:`reset_peak_memory`. CUDA:
+    ``torch.cuda.max_memory_allocated`` (tensors only). CPU: the peak resident set size of the
+    *whole process* (``VmHWM`` on Linux, which :func:`reset_peak_memory` resets; otherwise
+    ``resource.getrusage``'s lifetime peak): it includes Python, torch and everything loaded."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    hwm = _vm_hwm_kib()
+    if hwm is not None:
+        return hwm / 2**10
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10

@@ -128,8 +128,7 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
     test = data.test[: cfg.test_size] if cfg.test_size else data.test
     n, bs = len(train), cfg.batch_size
     grad_x = data.train_epoch(torch.Generator(device=device).manual_seed(0))[: cfg.grad_batch]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    metrics.reset_peak_memory(device)
 
     step, timed_s, timed_n, train_s = 0, 0.0, 0, 0.0
     for epoch in range(1, cfg.epochs + 1):

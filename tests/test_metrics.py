@@ -344,3 +344,16 @@ def test_peak_memory_sees_a_large_allocation():
     after = metrics.peak_memory_mb("cpu")
     del a
     assert 120 <= after - before < 160, (current, before, after)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc/self/clear_refs")
+def test_peak_memory_resets_per_run():
+    """After a 256 MiB tensor is freed the peak stays up; ``reset_peak_memory`` brings it back to
+    the current RSS, so each run's ``perf/peak_mem_mb`` is that run's own peak (plus the process's
+    baseline), not the largest of every run before it."""
+    a = torch.ones(256 * 2**18)
+    del a
+    high = metrics.peak_memory_mb("cpu")
+    metrics.reset_peak_memory("cpu")
+    low = metrics.peak_memory_mb("cpu")
+    assert low < high - 200, (high, low)
