@@ -34,6 +34,26 @@ log sigma_hat_L]`` (``[B, 2 sum_i d_i]``); ``terms(x, k, params=lam)`` merges ``
 top-down network. Modes: ``"reparam"``; ``"stop-q"`` (``log q`` with ``lambda`` and the top-down
 weights detached, the path through every ``z_i`` kept, via ``torch.func.functional_call``);
 ``"score"`` (all ``z_i`` drawn without gradient, ``log q`` live). No closed-form KL (``kl=None``).
+
+Training difficulty (no bug; measured on the ``smoke`` suite, 8x8 digits, plain ELBO, Adam
+3e-3): from the default initialization the ladder collapses to the independent-pixel fit within
+2-3 epochs (KL 0, no active unit), where ``vanilla`` reaches about -23.9. The model can represent
+the good solution and keeps it: with ``q(z_2 | x) = p(z_2) = N(0, I)`` and ``p(z_1 | z_2) = N(0, I)``
+it is a one-level VAE whose posterior is ``N(mu_hat / (1 + sigma_hat^2), sigma_hat^2 / (1 + sigma_hat^2))``,
+so with the bottom-up parameters of a trained ``vanilla`` mapped accordingly it gives the same
+ELBO (-23.69 both), and a ladder given that ``vanilla``'s weights keeps improving under ladder
+training (-23.5 after 50 epochs). The collapse comes from the merge. With an uninformative
+bottom-up message, the variance part of ``KL(q(z_1 | .) || p(z_1 | z_2))``,
+``(-r - log(1 - r)) / 2`` per unit, pushes the gate ``r`` to 0 (``sigma_hat`` up, ``sigma_p``
+down, a gradient of the same sign for every example). Adam moves every parameter at the full
+step whatever the gradient's size. It shuts the gate long before the decoder starts to use
+``z`` (after 10-30 epochs here, in a one-level model too and even with no KL term), and then the
+gradient reaching ``mu_hat`` is scaled by ``r``. Initialization alone did not fix it: a negative
+or positive ``log sigma_hat`` bias, Glorot/tanh gains, data-dependent (BN-like) centering of the
+bottom-up layers, a top-down net starting at ``N(0, I)``, the softplus variances of the paper,
+precision-weighted (natural) bottom-up parameters, or slower scale outputs. Nor did a KL warm-up
+over 20, 50 or 100 epochs, which is an objective change in any case. Sønderby et al. report that
+batch normalization and warm-up are crucial for training models with several stochastic layers.
 """
 
 from __future__ import annotations
