@@ -357,3 +357,17 @@ def test_peak_memory_resets_per_run():
     metrics.reset_peak_memory("cpu")
     low = metrics.peak_memory_mb("cpu")
     assert low < high - 200, (high, low)
+
+
+def test_amortization_gap_is_never_negative_when_the_optimizer_fails():
+    """A local optimization that ends worse than its start (one Adam step of size 5 on the
+    encoder's optimum q* throws lambda far off) must not report a negative amortization gap:
+    the encoder's lambda is a candidate, so elbo_local >= elbo_amortized per example."""
+    model, x, _, _ = gap_oracle(correlated=False, B=20)
+    with torch.no_grad():
+        lam_star = model.optimal_diagonal_params(x)
+        model.encoder.mean.weight.copy_(torch.linalg.lstsq(torch.cat([x, torch.ones(20, 1)], 1),
+                                                           lam_star[:, :3]).solution[:-1].T)
+    g = metrics.gaps(model, x, k_eval=200, local_steps=1, local_lr=5.0)
+    assert (g["amortization"] >= 0).all()
+    assert (g["elbo_local"] >= g["elbo_amortized"]).all()
