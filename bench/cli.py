@@ -22,9 +22,21 @@ from pathlib import Path
 from bench.errors import BenchError
 
 
-def _progress(prefix: str):
+def _progress(prefix: str, epochs: int):
+    """Per-run progress on stderr: on a terminal one line rewritten every epoch; otherwise (logs,
+    CI) every tenth of the epochs, the first and the last."""
+    tty = sys.stderr.isatty()
+    every = max(1, epochs // 10)
+
     def show(msg: str) -> None:
-        print(f"{prefix} {msg}", file=sys.stderr, flush=True)
+        if msg.startswith("epoch"):
+            epoch = int(msg.split()[1].split("/")[0])
+            if tty:
+                print(f"\r{prefix} {msg}", end="", file=sys.stderr, flush=True)
+                return
+            if not (epoch == 1 or epoch % every == 0 or epoch == epochs):
+                return
+        print(("\n" if tty else "") + f"{prefix} {msg}", file=sys.stderr, flush=True)
 
     return show
 
@@ -97,7 +109,7 @@ def _run_suite(args) -> int:
                                    "test_examples": str(len(ds.test[: r.test_size or None])), "data_source": ds.source}
             child = tracker.start_child(r.run_name, common_tags | {"device_name": tracking.device_name(dev)}, params)
             tracker.log_dict(child, r.__dict__ | {"device": str(dev)}, "config.json")
-            show = _progress(f"[{i}/{len(suite.runs)}] {r.run_name}")
+            show = _progress(f"[{i}/{len(suite.runs)}] {r.run_name}", r.epochs)
             try:
                 result = train.run(r, ds, lambda m, step: tracker.log_metrics(child, m, step), show)
             except BenchError as e:  # NaN loss, or a config the variant rejects at run time
