@@ -240,10 +240,21 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _existing_store(uri: str) -> str:
+    """Reading a sqlite URI would create an empty store: a missing one is a user mistake."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise BenchError(
+            f"no MLflow store at {uri.removeprefix('sqlite:///')}: run a suite first "
+            "(python -m bench run --suite NAME), or point --tracking-uri / MLFLOW_TRACKING_URI at the store"
+        )
+    return uri
+
+
 def cmd_plots(args) -> int:
     from bench import plots, tracking
 
-    files = plots.draw(Path(args.suite).stem, Path(args.out), tracking.resolve_tracking_uri(args.tracking_uri))
+    uri = _existing_store(tracking.resolve_tracking_uri(args.tracking_uri))
+    files = plots.draw(Path(args.suite).stem, Path(args.out), uri)
     print(f"{len(files)} files in {Path(args.out) / Path(args.suite).stem}", file=sys.stderr)
     return 0
 
@@ -251,7 +262,7 @@ def cmd_plots(args) -> int:
 def cmd_ui(args) -> int:
     from bench import tracking, ui
 
-    return ui.serve(tracking.resolve_tracking_uri(args.tracking_uri), host="127.0.0.1", port=args.port)
+    return ui.serve(_existing_store(tracking.resolve_tracking_uri(args.tracking_uri)), host="127.0.0.1", port=args.port)
 
 
 def parser() -> argparse.ArgumentParser:

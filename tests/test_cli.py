@@ -182,3 +182,10 @@ def test_every_shipped_suite_expands_to_valid_runs():
     for name in config.available_suites():
         suite = config.load_suite(name)
         assert suite.runs and suite.description, name
+
+
+@pytest.mark.parametrize("command", ["plots", "ui"])
+def test_plots_and_ui_refuse_a_missing_store_without_creating_one(tmp_path, new_store, capsys, command):
+    code, err = cli_main([command, "--tracking-uri", new_store], capsys)
+    assert code == 2 and "no MLflow store at" in err and "Traceback" not in err
+    assert not (tmp_path / "new").exists()
