@@ -55,6 +55,7 @@ class RunConfig:
     epochs: int = 10
     batch_size: int = 100
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | burda (bench.train.LR_SCHEDULES)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 = leave torch's default (recorded either way)
     binarization: str = "dynamic"  # dynamic | static | none (continuous, Gaussian likelihood)
@@ -281,7 +282,13 @@ def _unknown_variant(name: str, where: str):
 def _validate(cfg: RunConfig, gwhere: str) -> None:
     from bench import objectives
 
-    choices = {"binarization": ("dynamic", "static", "none"), "activation": ("tanh", "relu", "elu", "softplus")}
+    from bench.train import LR_SCHEDULES
+
+    choices = {
+        "binarization": ("dynamic", "static", "none"),
+        "activation": ("tanh", "relu", "elu", "softplus"),
+        "lr_schedule": tuple(LR_SCHEDULES),
+    }
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
             raise ConfigError(f"{key} must be one of {', '.join(valid)}, got {getattr(cfg, key)!r}")

@@ -150,6 +150,11 @@ def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
         p = f"params.{col}"
         df[col] = df[p].fillna("?") if p in df else "?"
     df["seed"] = pd.to_numeric(df["seed"], errors="coerce")
+    # runs that differ only in k (Burda et al.'s k = 1, 5, 50) are distinct results: name k in
+    # the objective's label wherever one (variant, objective, dataset) was run with several k
+    k = df["params.k"].fillna("?") if "params.k" in df else pd.Series("?", index=df.index)
+    several = k.groupby([df[c] for c in KEY]).transform("nunique") > 1
+    df.loc[several, "objective"] = df.loc[several, "objective"] + " (k=" + k[several] + ")"
     df["_done"] = df["status"] == "FINISHED"
     df = df.sort_values(["_done", "start_time"])
     n = len(df)
@@ -390,7 +395,7 @@ def _grad_frame(df: pd.DataFrame) -> pd.DataFrame:
                     c = f"metrics.grad/{part}_{stat}"
                     k = pd.to_numeric(r.get("params.k"), errors="coerce")
                     if c in df and pd.notna(r[c]) and pd.notna(k):
-                        rows.append({"variant": r["variant"], "objective": r["objective"], "k": int(k),
+                        rows.append({"variant": r["variant"], "objective": r.get("params.objective", r["objective"]), "k": int(k),
                                      "part": part, "stat": stat, "value": r[c], "seed": r["seed"]})
     return pd.DataFrame(rows, columns=["variant", "objective", "k", "part", "stat", "value", "seed"])
 

@@ -34,6 +34,22 @@ from bench.errors import ConfigError, NonFiniteLoss
 LogFn = Callable[[dict[str, float], int | None], None]
 
 
+def burda_lr(lr: float, epoch: int) -> float:
+    """Burda et al. (2016) sec. 5: 3^i epochs at ``lr * 10^(-i/7)`` for i = 0, 1, ..., 7
+    (3,280 epochs in all; later epochs stay at i = 7). ``epoch`` counts from 1."""
+    i, seen = 0, 1
+    while epoch > seen and i < 7:
+        i += 1
+        seen += 3**i
+    return lr * 10 ** (-i / 7)
+
+
+LR_SCHEDULES: dict[str, Callable[[float, int], float]] = {
+    "constant": lambda lr, epoch: lr,
+    "burda": burda_lr,
+}
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -133,6 +149,8 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
     step, timed_s, timed_n, train_s = 0, 0.0, 0, 0.0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = LR_SCHEDULES[cfg.lr_schedule](cfg.lr, epoch)
         x_epoch = data.train_epoch(gen)[: cfg.train_size or None]
         perm = torch.randperm(n, device=device, generator=gen)
         total = torch.zeros((), device=device)

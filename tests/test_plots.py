@@ -28,13 +28,13 @@ LOG_PX = {
 
 
 def _child(client, exp_id, parent_id, variant, objective, seed, artifacts_dir, *, status="FINISHED",
-           metrics=True, final=True):
+           metrics=True, final=True, k=5):
     name = f"{variant}/{objective}/digits/seed{seed}"
     run = client.create_run(exp_id, run_name=name, tags={
         "mlflow.parentRunId": parent_id, "vaebench.role": "child", "vaebench.suite": "smoke",
         "git_commit": "abc123", "torch_version": "2.x", "device_name": "test CPU"})
     rid = run.info.run_id
-    params = dict(variant=variant, objective=objective, dataset="digits", k=5, seed=seed,
+    params = dict(variant=variant, objective=objective, dataset="digits", k=k, seed=seed,
                   latent_dim=4, epochs=3, batch_size=64, lr=1e-3, device="cpu",
                   binarization="dynamic", eval_k=100, threads=1)
     ts = int(time.time() * 1000)
@@ -191,6 +191,22 @@ def test_a_rerun_supersedes_older_runs_of_the_same_key(tmp_path):
     assert df["run_id"].tolist() == [keep]
     assert df["metrics.test/log_px"].tolist() == [-20.0]
     assert any("2 other run(s)" in n for n in notes)
+
+
+def test_runs_that_differ_only_in_k_are_distinct_results(tmp_path):
+    """Burda et al.'s table compares k = 1, 5, 50 of one (variant, objective): no run displaces
+    another, and the objective's label names k."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("ks", artifact_location=(tmp_path / "art").as_uri())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    pid = client.create_run(exp, run_name="p", tags={"vaebench.role": "parent"}).info.run_id
+    for k in (1, 5, 50):
+        _child(client, exp, pid, "iwae", "iwae", 0, scratch, k=k)
+    _child(client, exp, pid, "vanilla", "elbo", 0, scratch, k=1)
+    df, _ = plots.load_runs("ks", uri)
+    assert sorted(df["objective"]) == ["elbo", "iwae (k=1)", "iwae (k=5)", "iwae (k=50)"]
 
 
 def test_variant_colours_are_fixed_per_name():
