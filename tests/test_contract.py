@@ -174,3 +174,20 @@ def test_continuous_data_with_a_gaussian_likelihood(name):
     torch.manual_seed(1)
     assert not torch.allclose(lw, model.log_weights(x + 10.0, 3))
     assert model.sample(2).shape == (2, 5)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if hasattr(variants.get(n), "encode")])
+def test_single_latent_prior_encode_decode(name):
+    """prior(), encode(x) and decode(z) of single-latent variants fit together: a draw of q has
+    the prior's event shape, both give it a finite log-density, decoding it gives p(x | z) over x,
+    and where q is reparameterizable its rsample carries gradient to the encoder."""
+    model, x = make(name)
+    q = model.encode(x)
+    z = q.sample()
+    assert z.shape[1:] == model.prior().event_shape and z.shape[0] == B
+    assert q.log_prob(z).shape == (B,) and torch.isfinite(q.log_prob(z)).all()
+    assert torch.isfinite(model.prior().log_prob(z)).all()
+    assert model.decode(z).log_prob(x.reshape(B, -1)).shape == (B,)
+    if q.has_rsample:
+        grads = torch.autograd.grad(q.rsample().sum(), model.parameter_groups()["encoder"], allow_unused=True)
+        assert any(g is not None and g.abs().sum() > 0 for g in grads)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution, Independent, OneHotCategorical
 from torch.nn import functional as F
 
 from variants.base import VAE, Decoder, LogWeightTerms, flat
@@ -140,6 +141,22 @@ class GumbelSoftmaxVAE(VAE):
     def log_probs(self, params: Tensor) -> Tensor:
         """``log pi``: ``[B, n * c]`` logits -> ``[B, n, c]`` normalized log-probabilities."""
         return torch.log_softmax(params.unflatten(-1, (self.n_latent, self.n_classes)), -1)
+
+    def prior(self) -> Distribution:
+        """``p(z)``: ``n_latent`` independent uniform one-hot vectors, event shape ``[n, c]``."""
+        probs = self.tau.new_full((self.n_latent, self.n_classes), 1.0 / self.n_classes)
+        return Independent(OneHotCategorical(probs=probs), 1)
+
+    def encode(self, x: Tensor) -> Distribution:
+        """``q(z | x)`` over one-hot codes ``[B, n, c]`` (``sample`` and ``log_prob``; no ``rsample``:
+        a discrete family is not reparameterizable, its relaxation is ``terms(mode="relaxed")``)."""
+        return Independent(OneHotCategorical(logits=self.log_probs(self.variational_params(x))), 1)
+
+    def decode(self, z: Tensor) -> Distribution:
+        """``p(x | z)`` for one-hot (or relaxed) codes ``[..., n, c]`` or flattened ``[..., n * c]``."""
+        if z.shape[-2:] == (self.n_latent, self.n_classes):
+            z = z.flatten(-2)
+        return self.decoder(z)
 
     def terms(self, x, k=1, *, params=None, mode="score") -> CategoricalTerms:
         self.check_mode(mode)
