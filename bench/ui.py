@@ -136,6 +136,10 @@ class _Stop(Exception):
 
 
 def _raise_stop(signum, frame):
+    # the first signal stops the server; later ones (nox sends SIGINT then SIGTERM) must not
+    # interrupt that shutdown with a traceback
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     raise _Stop
 
 
