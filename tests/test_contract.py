@@ -89,7 +89,11 @@ def test_variational_params_round_trip(name):
     a = model.log_weights(x, K)
     torch.manual_seed(5)
     b = model.log_weights(x, K, params=lam)
-    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    shift = 0.3 * torch.randn(lam.shape, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(5)
+    c = model.log_weights(x, K, params=lam + shift)  # a free lam is really what is evaluated
+    assert not torch.allclose(a, c)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -161,20 +161,12 @@ def test_stop_q_and_score_split_the_gradient_of_log_q(name):
 
 
 @pytest.mark.parametrize("name", TWO_LEVEL)
-def test_params_equal_to_encoder_output_give_default_terms(name):
+def test_variational_params_layout(name):
+    """lambda: [mu_1, log sigma_1] (hierarchical); the bottom-up pair of both levels (ladder)."""
     model, x = tiny(name, dtype=torch.float32)
     lam = model.variational_params(x)
     assert lam.shape == (3, 2 * 3 + (0 if name == "hierarchical" else 2 * 2))
-    torch.manual_seed(1)
-    t0 = model.terms(x, 3)
-    torch.manual_seed(1)
-    t1 = model.terms(x, 3, params=lam)
-    for a, b in [(t0.log_px_z, t1.log_px_z), (t0.log_pz, t1.log_pz), (t0.log_qz, t1.log_qz)]:
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    torch.manual_seed(1)
-    t2 = model.terms(x, 3, params=lam + 0.1)  # the free lam is really what is evaluated
-    assert not torch.allclose(t0.log_qz, t2.log_qz)
-    assert t0.kl is None
+    assert model.terms(x, 3, params=lam).kl is None  # (the round trip is in test_contract.py)
 
 
 def test_parameter_groups_follow_the_roles():
