@@ -68,6 +68,7 @@ _SPARE = [_CB[4], _CB[5], _CB[8], *sns.color_palette("dark", 10), *sns.color_pal
 # (metric, label, unit, higher is better?, decimals shown in the README).
 TABLE_METRICS = [
     ("test/log_px", "log p(x)", "nats", True, 2),
+    ("test/exact_log_px", "exact log p(x)", "nats", True, 2),
     ("test/elbo", "ELBO", "nats", True, 2),
     ("test/recon", "recon.", "nats", True, 2),
     ("test/kl", "KL", "nats", False, 2),

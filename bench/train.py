@@ -7,6 +7,7 @@ nothing of MLflow. What it logs (nats per example, higher is better unless named
 per epoch (step = epoch)  train/loss (= -training bound, averaged over the epoch's batches),
                           val/elbo, train/examples_per_s; gap/* and grad/* at scheduled epochs
 final                     test/elbo, test/recon, test/kl, test/log_px, test/active_units, gap/*,
+                          test/exact_log_px (variants with exact_log_marginal: the oracle),
                           grad/*, perf/train_examples_per_s, perf/eval_examples_per_s,
                           perf/train_seconds, perf/peak_mem_mb
 
@@ -190,6 +191,9 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
     sync(device)
     eval_s = time.perf_counter() - t0
     final["test/log_px"] = log_px.mean().item()
+    if hasattr(model, "exact_log_marginal"):  # the oracle: the estimate's error is visible
+        with torch.no_grad():
+            final["test/exact_log_px"] = model.exact_log_marginal(test).mean().item()
     final["test/active_units"] = float(metrics.active_units(model, test))
     final.update(measure(model, cfg, data, grad_x, cfg.epochs, final=True))
     final.update(

@@ -58,6 +58,9 @@ def test_cli_runs_a_suite_into_the_store(tmp_path, store):
         assert {"config.json", "model.pt", "figures", "samples.png", "reconstructions.png"} <= arts
         png = Path(client.download_artifacts(r.info.run_id, "samples.png", str(tmp_path / r.info.run_id)))
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    oracle = [r for r in kids if r.data.params["variant"] == "linear-gaussian"][0].data.metrics
+    # 64 importance samples of a 2-epoch pPCA: the IWAE estimate is below log p(x), within 1 nat
+    assert oracle["test/exact_log_px"] - 1.0 < oracle["test/log_px"] <= oracle["test/exact_log_px"] + 0.05
     assert r.data.params["k"] in ("1", "5")
     iw = [r for r in kids if r.info.run_name.startswith("iwae")][0]
     assert iw.data.params["k"] == "5" and iw.data.params["objective"] == "iwae"
