@@ -218,7 +218,8 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) ->
         base[key] = coerce(key, value, source=f"{where} [defaults]")
     options = doc.get("variant_options", {})
     for vname, opts in options.items():
-        variants.get(vname) if vname in variants.available() else _unknown_variant(vname, where)
+        if vname not in variants.available():
+            _unknown_variant(vname, where)
         if not isinstance(opts, dict):
             raise ConfigError(f"{where} [variant_options.{vname}] must be a table")
     grids = doc.get("grid", [])
@@ -233,15 +234,16 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) ->
         _check_keys(g, (*GRID_KEYS, "exclude", "set"), gwhere)
         names = g.get("variants", [])
         if names == "*":
-            names = [v for v in variants.available() if v not in g.get("exclude", [])]
+            names = [v for v in variants.available() if v not in _names(g, "exclude", [], gwhere)]
+        names = _names({"variants": names}, "variants", [], gwhere)
         for v in names:
             if v not in variants.available():
                 _unknown_variant(v, gwhere)
-        dsets = g.get("datasets", ["digits"])
+        dsets = _names(g, "datasets", ["digits"], gwhere)
         for d in dsets:
             if d not in datasets.available():
                 raise ConfigError(f"{gwhere}: unknown dataset {d!r}; valid: {', '.join(datasets.available())}")
-        seeds = seeds_override if seeds_override is not None else [coerce("seed", s, source=gwhere) for s in g.get("seeds", [0])]
+        seeds = seeds_override if seeds_override is not None else _ints(g, "seeds", [0], gwhere)
         local = dict(base)
         for key, value in g.get("set", {}).items():
             _check_keys({key: 0}, SETTABLE, f"{gwhere} set")
@@ -249,7 +251,7 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) ->
         local.update(overrides)
         for v, d, s in itertools.product(names, dsets, seeds):
             vcls = variants.get(v)
-            for o in g.get("objectives") or [vcls.default_objective]:
+            for o in _names(g, "objectives", [], gwhere) or [vcls.default_objective]:
                 try:
                     objectives.check_applies(o, vcls)
                 except (objectives.UnknownObjectiveError, objectives.NotApplicableError) as e:
@@ -269,8 +271,23 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) ->
             )
         runs = [r for r in runs if getattr(r, attr) in names]
     for r in runs:
-        _validate(r, gwhere=where)
+        _validate(r, where)
     return Suite(name=path.stem, path=path, description=str(doc.get("description", "")), runs=runs)
+
+
+def _names(table: dict, key: str, default: list[str], where: str) -> list[str]:
+    """``table[key]`` as a list of names (a TOML array of strings)."""
+    value = table.get(key, default)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: {key} must be a list of names (an array of strings), got {value!r}")
+    return value
+
+
+def _ints(table: dict, key: str, default: list[int], where: str) -> list[int]:
+    value = table.get(key, default)
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{where}: {key} must be a list of integers, got {value!r}")
+    return value
 
 
 def _unknown_variant(name: str, where: str):
@@ -279,27 +296,28 @@ def _unknown_variant(name: str, where: str):
     raise ConfigError(f"{where}: unknown variant {name!r}; valid variants: {', '.join(variants.available())}")
 
 
-def _validate(cfg: RunConfig, gwhere: str) -> None:
+def _validate(cfg: RunConfig, where: str) -> None:
+    """Values the types do not catch; ``where`` (the suite file) starts every message."""
     from bench import objectives
-
     from bench.train import LR_SCHEDULES
+    from variants.nets import ACTIVATIONS
 
     choices = {
         "binarization": ("dynamic", "static", "none"),
-        "activation": ("tanh", "relu", "elu", "softplus"),
+        "activation": tuple(ACTIVATIONS),
         "lr_schedule": tuple(LR_SCHEDULES),
     }
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
-            raise ConfigError(f"{key} must be one of {', '.join(valid)}, got {getattr(cfg, key)!r}")
+            raise ConfigError(f"{where}: {key} must be one of {', '.join(valid)}, got {getattr(cfg, key)!r}")
     positive = ("epochs", "batch_size", "k", "latent_dim", "val_k", "eval_k", "eval_chunk", "gap_size", "grad_draws", "grad_batch")
     for key in positive:
         if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+            raise ConfigError(f"{where}: {key} must be >= 1, got {getattr(cfg, key)}")
     if not cfg.lr > 0:
-        raise ConfigError(f"lr must be > 0, got {cfg.lr}")
+        raise ConfigError(f"{where}: lr must be > 0, got {cfg.lr}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+        raise ConfigError(f"{where}: device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     for o in cfg.grad_objectives:
         if o not in objectives.available():
-            raise ConfigError(f"grad_objectives: unknown objective {o!r}; valid: {', '.join(objectives.available())}")
+            raise ConfigError(f"{where}: grad_objectives: unknown objective {o!r}; valid: {', '.join(objectives.available())}")

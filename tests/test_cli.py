@@ -105,6 +105,12 @@ def test_bad_suite_files(tmp_path, new_store, capsys):
     bad.write_text('[[grid]]\nvariants = ["gumbel-softmax"]\nobjectives = ["elbo"]\n')
     code, err = cli_main(["run", "--suite", str(bad), "--tracking-uri", store], capsys)
     assert code == 2 and "objective 'elbo'" in err and "gumbel-softmax" in err
+    bad.write_text('[[grid]]\nvariants = "vanilla"\n')
+    code, err = cli_main(["run", "--suite", str(bad), "--tracking-uri", store], capsys)
+    assert code == 2 and "variants must be a list of names" in err
+    bad.write_text('[[grid]]\nvariants = ["vanilla"]\nseeds = 0\n')
+    code, err = cli_main(["run", "--suite", str(bad), "--tracking-uri", store], capsys)
+    assert code == 2 and "seeds must be a list of integers" in err
     bad.write_bytes(b"\xff\xfe\x00binary")
     code, err = cli_main(["run", "--suite", str(bad), "--tracking-uri", store], capsys)
     assert code == 2 and "cannot read suite file" in err
