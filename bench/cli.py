@@ -17,6 +17,7 @@ import argparse
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from bench.errors import BenchError
@@ -79,9 +80,10 @@ def _run_suite(args) -> int:
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     tracker = tracking.Tracker(uri, suite.name)
     device0 = train.resolve_device(suite.runs[0].device)
+    commit = tracking.git_commit()
     common_tags = {
-        "git_commit": tracking.git_commit(),
-        "mlflow.source.git.commit": tracking.git_commit(),
+        "git_commit": commit,
+        "mlflow.source.git.commit": commit,
         "torch_version": torch.__version__,
         "device_name": tracking.device_name(device0),
     }
@@ -112,14 +114,17 @@ def _run_suite(args) -> int:
             show = _progress(f"[{i}/{len(suite.runs)}] {r.run_name}", r.epochs)
             try:
                 result = train.run(r, ds, lambda m, step: tracker.log_metrics(child, m, step), show)
-            except BenchError as e:  # NaN loss, or a config the variant rejects at run time
-                print(f"error: {e}", file=sys.stderr)
-                tracker.set_tags(child, {"error": str(e)[:5000]})
+                _log_artifacts(tracker, child, result.model, ds)
+            except Exception as e:  # noqa: BLE001 - one broken run must not cost the suite the others
+                if isinstance(e, BenchError):  # NaN loss, or a config the variant rejects at run time
+                    print(f"error: {e}", file=sys.stderr)
+                else:  # a bug or an exhausted device: the traceback is what helps
+                    traceback.print_exc()
+                tracker.set_tags(child, {"error": f"{type(e).__name__}: {e}"[:5000]})
                 tracker.end(child, "FAILED")
                 failed.append(r.run_name)
                 child = None
                 continue
-            _log_artifacts(tracker, child, result.model, ds)
             tracker.end(child, "FINISHED")
             child = None
             summary.append((r.run_name, result.final))

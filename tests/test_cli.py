@@ -198,3 +198,29 @@ def test_plots_and_ui_refuse_a_missing_store_without_creating_one(tmp_path, new_
     code, err = cli_main([command, "--tracking-uri", new_store], capsys)
     assert code == 2 and "no MLflow store at" in err and "Traceback" not in err
     assert not (tmp_path / "new").exists()
+
+
+def test_a_crashing_run_is_failed_with_its_traceback_and_the_suite_goes_on(store, capsys, monkeypatch):
+    """A bug (or an exhausted device) in one run: that run is FAILED with the error as a tag, its
+    traceback is printed (it is not a user mistake), the other runs finish, the exit code is 1."""
+    real_run = train.run
+
+    def crashing(cfg, data, log, progress=lambda s: None):
+        if cfg.variant == "vanilla":
+            log({"val/elbo": -50.0}, 1)
+            raise RuntimeError("simulated out of memory")
+        return real_run(cfg, data, log, progress)
+
+    monkeypatch.setattr(train, "run", crashing)
+    code, err = cli_main(["run", "--suite", str(TINY), "--tracking-uri", store, "--set", "variants=vanilla,iwae",
+                          "--set", "epochs=1"], capsys)
+    assert code == 1 and "Traceback" in err and "simulated out of memory" in err
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("tiny").experiment_id
+    kids = {r.info.run_name: r for r in children(client, exp)}
+    bad = kids["vanilla/elbo/digits/seed0"]
+    assert bad.info.status == "FAILED" and bad.data.tags["error"] == "RuntimeError: simulated out of memory"
+    assert bad.data.metrics["val/elbo"] == -50.0  # what was logged before the crash stays
+    assert kids["iwae/iwae/digits/seed0"].info.status == "FINISHED"
+    (parent,) = client.search_runs([exp], "tags.`vaebench.role` = 'parent'")
+    assert parent.info.status == "FAILED"
