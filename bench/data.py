@@ -21,7 +21,7 @@ the data.
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -44,7 +44,6 @@ class Dataset:
     x_shape: tuple[int, ...]
     binarization: str  # dynamic | static | none
     source: str = ""
-    info: dict = field(default_factory=dict)
 
     @property
     def likelihood(self) -> str:
