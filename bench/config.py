@@ -55,7 +55,7 @@ class RunConfig:
     epochs: int = 10
     batch_size: int = 100
     lr: float = 1e-3
-    lr_schedule: str = "constant"  # constant | burda (bench.train.LR_SCHEDULES)
+    lr_schedule: str = "constant"  # constant | burda (bench.schedules.LR_SCHEDULES)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 = leave torch's default (recorded either way)
     binarization: str = "dynamic"  # dynamic | static | none (continuous, Gaussian likelihood)
@@ -299,7 +299,7 @@ def _unknown_variant(name: str, where: str):
 def _validate(cfg: RunConfig, where: str) -> None:
     """Values the types do not catch; ``where`` (the suite file) starts every message."""
     from bench import objectives
-    from bench.train import LR_SCHEDULES
+    from bench.schedules import LR_SCHEDULES
     from variants.nets import ACTIVATIONS
 
     choices = {

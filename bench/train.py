@@ -31,24 +31,9 @@ from bench import metrics, objectives
 from bench.config import RunConfig
 from bench.data import Dataset
 from bench.errors import ConfigError, NonFiniteLoss
+from bench.schedules import LR_SCHEDULES
 
 LogFn = Callable[[dict[str, float], int | None], None]
-
-
-def burda_lr(lr: float, epoch: int) -> float:
-    """Burda et al. (2016) sec. 5: 3^i epochs at ``lr * 10^(-i/7)`` for i = 0, 1, ..., 7
-    (3,280 epochs in all; later epochs stay at i = 7). ``epoch`` counts from 1."""
-    i, seen = 0, 1
-    while epoch > seen and i < 7:
-        i += 1
-        seen += 3**i
-    return lr * 10 ** (-i / 7)
-
-
-LR_SCHEDULES: dict[str, Callable[[float, int], float]] = {
-    "constant": lambda lr, epoch: lr,
-    "burda": burda_lr,
-}
 
 
 def resolve_device(name: str) -> torch.device:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.train import LR_SCHEDULES, burda_lr
+from bench.schedules import LR_SCHEDULES, burda_lr
 
 
 @pytest.mark.parametrize(

@@ -31,12 +31,16 @@ the same family at any ``lam`` (for instance free per-datapoint parameters).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal, kl_divergence
+from torch.distributions import Distribution, Independent, Normal, TransformedDistribution, kl_divergence
+from torch.func import functional_call
+
+from variants.nets import mlp
 
 MODES = ("reparam", "stop-q", "score", "relaxed", "straight-through")
 
@@ -98,6 +102,8 @@ class VAE(nn.Module):
         self.x_shape = tuple(int(s) for s in x_shape)
         self.x_dim = math.prod(self.x_shape)
         self.likelihood = likelihood
+        # a 0-dim zero that follows the module's device and dtype (priors are built from it)
+        self.register_buffer("_zero", torch.zeros(()), persistent=False)
 
     # -- the contract --------------------------------------------------------------------------
     def terms(
@@ -139,6 +145,11 @@ class VAE(nn.Module):
         return groups
 
     # -- helpers ---------------------------------------------------------------------------------
+    def standard_normal(self, dim: int) -> Independent:
+        """``N(0, I_dim)`` on the model's device and dtype, event shape ``[dim]`` (a prior)."""
+        z = self._zero.expand(dim)
+        return Independent(Normal(z, torch.ones_like(z)), 1)
+
     def check_mode(self, mode: str) -> None:
         if mode not in self.modes:
             raise ValueError(
@@ -174,6 +185,12 @@ class Decoder(nn.Module):
         out = self.net(z)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
+    @classmethod
+    def mirrored(cls, in_dim: int, hidden: Sequence[int], x_dim: int, likelihood: str, activation: str) -> Decoder:
+        """The decoder every MLP variant uses: ``in_dim -> reversed(hidden) -> x_dim``, i.e. the
+        encoder's widths mirrored (Burda et al. 2016's 200-200 on both sides, for instance)."""
+        return cls(mlp(in_dim, tuple(reversed(tuple(hidden))), x_dim, activation), x_dim, likelihood)
+
 
 class BernoulliLogits(torch.distributions.Bernoulli):
     """Bernoulli parametrized by logits whose ``log_prob`` accepts intensities in [0, 1].
@@ -188,6 +205,22 @@ class BernoulliLogits(torch.distributions.Bernoulli):
 
     def log_prob(self, value: Tensor) -> Tensor:
         return value * self.logits - nn.functional.softplus(self.logits)
+
+
+def detached_call(module: nn.Module, *args: Tensor) -> Tensor:
+    """``module(*args)`` with the module's parameters detached (gradients flow only via ``args``):
+    how the multi-level variants evaluate ``log q`` at stopped parameters (mode ``"stop-q"``)."""
+    params = {n: p.detach() for n, p in module.named_parameters()}
+    return functional_call(module, params, args)
+
+
+def draw(q: Distribution, k: tuple[int, ...], mode: str) -> Tensor:
+    """``q.rsample(k)``, detached in the score-function mode.
+
+    Detaching the reparameterized draw (rather than ``q.sample``) consumes the random stream
+    identically in every mode, so one seed gives the same ``z`` for all modes."""
+    z = q.rsample(k)
+    return z.detach() if mode == "score" else z
 
 
 def diag_gaussian(params: Tensor) -> Independent:
@@ -206,11 +239,9 @@ class GaussianLatentVAE(VAE):
     def __init__(self, x_shape, latent_dim: int, likelihood: str) -> None:
         super().__init__(x_shape, likelihood)
         self.latent_dim = int(latent_dim)
-        self.register_buffer("_zero", torch.zeros(()), persistent=False)
 
     def prior(self) -> Distribution:
-        z = self._zero.expand(self.latent_dim)
-        return Independent(Normal(z, torch.ones_like(z)), 1)
+        return self.standard_normal(self.latent_dim)
 
     def variational_params(self, x: Tensor) -> Tensor:
         return self.encoder(flat(x))
@@ -245,3 +276,51 @@ class GaussianLatentVAE(VAE):
         z = self.prior().sample((n,))
         x = self.decoder.mean(z) if mean else self.decoder(z).sample()
         return x.reshape(n, *self.x_shape)
+
+
+class FlowVAE(GaussianLatentVAE):
+    """``q(z | x)``: a diagonal Gaussian ``q_0`` pushed through an amortized normalizing flow
+    (Rezende & Mohamed 2015): ``z_0 ~ q_0 = N(mu(x), diag sigma(x)^2)``, ``z_K = f_K o ... o f_1(z_0)``,
+
+        log q(z_K | x) = log q_0(z_0 | x) - sum_k log |det df_k / dz_{k-1}|.
+
+    ``lambda(x)`` starts with the base parameters ``[mu, log sigma]`` (``[B, 2d]``); the flow's
+    per-datapoint parameters follow. A subclass provides :meth:`transform` (the flow and its
+    log-determinant, batched over ``k``) and :meth:`transforms` (the same flow as
+    ``torch.distributions`` transforms, for :meth:`encode`). ``p(z) = N(0, I)``, ``p(x | z)`` as
+    in vanilla.
+
+    Modes: only ``"reparam"``: ``"stop-q"`` and ``"score"`` need ``log q`` at a given ``z_K`` under
+    parameters other than those that drew it, i.e. the inverse flow. No closed-form KL.
+    """
+
+    modes = frozenset({"reparam"})
+
+    def base_params(self, lam: Tensor) -> Tensor:
+        """``lambda [B, P] -> [mu, log sigma] [B, 2d]``."""
+        return lam[..., : 2 * self.latent_dim]
+
+    def transform(self, z0: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z_K, sum_k log |det df_k/dz|)`` for ``z0 [k, B, d]`` under ``lam [B, P]``."""
+        raise NotImplementedError
+
+    def transforms(self, lam: Tensor) -> list:
+        """The flow at ``lam`` as a list of ``torch.distributions.Transform``."""
+        raise NotImplementedError
+
+    def encode(self, x: Tensor) -> Distribution:
+        lam = self.variational_params(x)
+        return TransformedDistribution(diag_gaussian(self.base_params(lam)), self.transforms(lam))
+
+    def terms(self, x, k=1, *, params=None, mode="reparam") -> LogWeightTerms:
+        self.check_mode(mode)
+        x = flat(x)
+        lam = self.variational_params(x) if params is None else params
+        q0 = diag_gaussian(self.base_params(lam))
+        z0 = q0.rsample((k,))  # [k, B, d]
+        z, log_det = self.transform(z0, lam)
+        return LogWeightTerms(
+            log_px_z=self.decoder(z).log_prob(x),
+            log_pz=self.prior().log_prob(z),
+            log_qz=q0.log_prob(z0) - log_det,
+        )

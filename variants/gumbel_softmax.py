@@ -121,8 +121,7 @@ class GumbelSoftmaxVAE(VAE):
         self.anneal_rate, self.anneal_every = float(anneal_rate), int(anneal_every)
         self.register_buffer("tau", torch.tensor(self.tau0))
         self.encoder = mlp(self.x_dim, hidden, self.code_dim, activation)
-        dec_net = mlp(self.code_dim, tuple(reversed(hidden)), self.x_dim, activation)
-        self.decoder = Decoder(dec_net, self.x_dim, likelihood)
+        self.decoder = Decoder.mirrored(self.code_dim, hidden, self.x_dim, likelihood, activation)
 
     # -- schedule --------------------------------------------------------------------------------
     def temperature(self, step: int) -> float:

@@ -27,28 +27,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
-from torch.func import functional_call
+from torch import Tensor
+from torch.distributions import Distribution
 
-from variants.base import VAE, Decoder, LogWeightTerms, diag_gaussian, flat
+from variants.base import VAE, Decoder, LogWeightTerms, detached_call, diag_gaussian, draw, flat
 from variants.nets import mlp
 from variants.registry import register
-
-
-def detached_call(module: nn.Module, *args: Tensor) -> Tensor:
-    """``module(*args)`` with the module's parameters detached (gradients flow only via ``args``)."""
-    params = {n: p.detach() for n, p in module.named_parameters()}
-    return functional_call(module, params, args)
-
-
-def draw(q: Distribution, k: tuple[int, ...], mode: str) -> Tensor:
-    """``q.rsample(k)``, detached in the score-function mode.
-
-    Detaching the reparameterized draw (rather than ``q.sample``) consumes the random stream
-    identically in every mode, so one seed gives the same ``z`` for all modes."""
-    z = q.rsample(k)
-    return z.detach() if mode == "score" else z
 
 
 @register("hierarchical")
@@ -74,14 +58,11 @@ class HierarchicalVAE(VAE):
         self.encoder = mlp(self.x_dim, hidden, 2 * d1, activation)  # q(z1 | x)
         self.encoder2 = mlp(d1, hidden2, 2 * d2, activation)  # q(z2 | z1)
         self.decoder_z1 = mlp(d2, tuple(reversed(hidden2)), 2 * d1, activation)  # p(z1 | z2)
-        dec_net = mlp(d1, tuple(reversed(hidden)), self.x_dim, activation)
-        self.decoder = Decoder(dec_net, self.x_dim, likelihood)  # p(x | z1)
-        self.register_buffer("_zero", torch.zeros(()), persistent=False)
+        self.decoder = Decoder.mirrored(d1, hidden, self.x_dim, likelihood, activation)  # p(x | z1)
 
     def prior(self) -> Distribution:
         """The top prior ``p(z2) = N(0, I_{d2})``."""
-        z = self._zero.expand(self.latent_dim2)
-        return Independent(Normal(z, torch.ones_like(z)), 1)
+        return self.standard_normal(self.latent_dim2)
 
     def p_z1(self, z2: Tensor) -> Distribution:
         """``p(z1 | z2)``, batch ``z2.shape[:-1]``, event ``[d1]``."""

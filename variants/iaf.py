@@ -18,9 +18,8 @@ unmasked), so ``dz_t / dz_{t-1}`` is triangular in that order with diagonal ``si
 
 Shapes: ``x`` ``[B, D]``, ``z`` ``[k, B, d]``, ``h`` ``[B, context_dim]`` (broadcast over ``k``).
 
-Modes: only ``"reparam"``. ``"stop-q"``/``"score"`` would need ``log q`` at a ``z_T`` under other
-parameters than those that drew it, i.e. the inverse (``d`` sequential MADE passes per layer, see
-:meth:`IAFTransform._inverse`); not implemented in ``terms``. ``encode(x)`` is a
+Modes: only ``"reparam"`` (``variants.base.FlowVAE``); the inverse exists (``d`` sequential MADE
+passes per layer, :meth:`IAFTransform._inverse`) but ``terms`` does not use it. ``encode(x)`` is a
 ``TransformedDistribution`` whose ``log_prob`` works at any ``z`` (through that exact inverse).
 No closed-form KL (``kl=None``). ``p(z) = N(0, I)``, ``p(x | z)`` as in vanilla.
 """
@@ -31,10 +30,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Transform, TransformedDistribution, constraints
+from torch.distributions import Transform, constraints
 from torch.nn.functional import linear, logsigmoid
 
-from variants.base import Decoder, GaussianLatentVAE, LogWeightTerms, diag_gaussian, flat
+from variants.base import Decoder, FlowVAE
 from variants.nets import ACTIVATIONS, mlp
 from variants.registry import VariantConfigError, register
 
@@ -129,10 +128,9 @@ class IAFTransform(Transform):
 
 
 @register("iaf")
-class IAFVAE(GaussianLatentVAE):
+class IAFVAE(FlowVAE):
     """Vanilla networks plus ``flow_length`` IAF steps conditioned on an encoder context ``h``."""
 
-    modes = frozenset({"reparam"})
     default_objective = "elbo"
 
     def __init__(
@@ -161,8 +159,7 @@ class IAFVAE(GaussianLatentVAE):
                  activation, gate_bias)
             for t in range(int(flow_length))
         )
-        dec_net = mlp(d, tuple(reversed(hidden)), self.x_dim, activation)
-        self.decoder = Decoder(dec_net, self.x_dim, likelihood)
+        self.decoder = Decoder.mirrored(d, hidden, self.x_dim, likelihood, activation)
 
     def split_params(self, lam: Tensor) -> tuple[Tensor, Tensor]:
         """``lambda [B, P] -> (base [B, 2d], h [B, context_dim])``."""
@@ -176,22 +173,9 @@ class IAFVAE(GaussianLatentVAE):
             log_det = log_det + ld
         return z, log_det
 
-    def encode(self, x: Tensor) -> Distribution:
-        base, h = self.split_params(self.variational_params(x))
-        return TransformedDistribution(
-            diag_gaussian(base), [IAFTransform(made, h) for made in self.encoder_flow]
-        )
+    def transform(self, z0: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+        return self.flow(z0, self.split_params(lam)[1])
 
-    def terms(self, x, k=1, *, params=None, mode="reparam") -> LogWeightTerms:
-        self.check_mode(mode)
-        x = flat(x)
-        lam = self.variational_params(x) if params is None else params
-        base, h = self.split_params(lam)
-        q0 = diag_gaussian(base)
-        z0 = q0.rsample((k,))  # [k, B, d]
-        z, log_det = self.flow(z0, h)
-        return LogWeightTerms(
-            log_px_z=self.decoder(z).log_prob(x),
-            log_pz=self.prior().log_prob(z),
-            log_qz=q0.log_prob(z0) - log_det,
-        )
+    def transforms(self, lam: Tensor) -> list[Transform]:
+        h = self.split_params(lam)[1]
+        return [IAFTransform(made, h) for made in self.encoder_flow]

@@ -62,10 +62,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution
 
-from variants.base import VAE, Decoder, LogWeightTerms, diag_gaussian, flat
-from variants.hierarchical import detached_call, draw
+from variants.base import VAE, Decoder, LogWeightTerms, detached_call, diag_gaussian, draw, flat
 from variants.nets import ACTIVATIONS, mlp
 from variants.registry import VariantConfigError, register
 
@@ -117,14 +116,11 @@ class LadderVAE(VAE):
             mlp(self.latent_dims[i + 1], tuple(reversed(hidden2)), 2 * self.latent_dims[i], activation)
             for i in range(len(self.latent_dims) - 1)
         )
-        dec_net = mlp(self.latent_dim, tuple(reversed(hidden)), self.x_dim, activation)
-        self.decoder = Decoder(dec_net, self.x_dim, likelihood)
-        self.register_buffer("_zero", torch.zeros(()), persistent=False)
+        self.decoder = Decoder.mirrored(self.latent_dim, hidden, self.x_dim, likelihood, activation)
 
     def prior(self) -> Distribution:
         """The top prior ``p(z_L) = N(0, I)``."""
-        z = self._zero.expand(self.latent_dims[-1])
-        return Independent(Normal(z, torch.ones_like(z)), 1)
+        return self.standard_normal(self.latent_dims[-1])
 
     def variational_params(self, x: Tensor) -> Tensor:
         h, out = flat(x), []

@@ -24,10 +24,9 @@ as in vanilla.
 
 Shapes: ``x`` ``[B, D]``, ``z`` ``[k, B, d]``, per-layer ``u, w`` ``[B, d]``, ``b`` ``[B]``.
 
-Modes: only ``"reparam"``. ``"stop-q"`` and ``"score"`` need ``log q`` at a given ``z_K`` with
-parameters that differ from the ones that produced it, i.e. the inverse flow, and the planar map
-has no closed-form inverse. ``encode(x)`` returns a ``TransformedDistribution`` whose ``log_prob``
-works for the sample it has just drawn (the transforms cache ``(z_0, z_K)``) and raises
+Modes: only ``"reparam"`` (``variants.base.FlowVAE``): the planar map has no closed-form
+inverse. ``encode(x)`` returns a ``TransformedDistribution`` whose ``log_prob`` works for the
+sample it has just drawn (the transforms cache ``(z_0, z_K)``) and raises
 ``NotImplementedError`` for any other value. No closed-form KL (``kl=None``).
 """
 
@@ -37,10 +36,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Transform, TransformedDistribution, constraints
+from torch.distributions import Transform, constraints
 from torch.nn.functional import softplus
 
-from variants.base import Decoder, GaussianLatentVAE, LogWeightTerms, diag_gaussian, flat
+from variants.base import Decoder, FlowVAE
 from variants.nets import mlp
 from variants.registry import VariantConfigError, register
 
@@ -94,10 +93,9 @@ class PlanarTransform(Transform):
 
 
 @register("planar-flow")
-class PlanarFlowVAE(GaussianLatentVAE):
+class PlanarFlowVAE(FlowVAE):
     """Vanilla networks with ``flow_length`` amortized planar layers on top of the Gaussian q."""
 
-    modes = frozenset({"reparam"})
     default_objective = "elbo"
 
     def __init__(
@@ -115,8 +113,7 @@ class PlanarFlowVAE(GaussianLatentVAE):
         self.flow_length = int(flow_length)
         d, K = self.latent_dim, self.flow_length
         self.encoder = mlp(self.x_dim, hidden, 2 * d + K * (2 * d + 1), activation)
-        dec_net = mlp(d, tuple(reversed(hidden)), self.x_dim, activation)
-        self.decoder = Decoder(dec_net, self.x_dim, likelihood)
+        self.decoder = Decoder.mirrored(d, hidden, self.x_dim, likelihood, activation)
 
     def split_params(self, lam: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``lambda [B, P] -> (base [B, 2d], u [B, K, d], w [B, K, d], b [B, K])``."""
@@ -125,7 +122,7 @@ class PlanarFlowVAE(GaussianLatentVAE):
         B = lam.shape[:-1]
         return base, u.reshape(*B, K, d), w.reshape(*B, K, d), b
 
-    def flow(self, z0: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+    def transform(self, z0: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
         """``z_K`` and ``sum_k log det`` for ``z0 [k, B, d]`` under ``lam [B, P]``."""
         _, u, w, b = self.split_params(lam)
         z, log_det = z0, z0.new_zeros(z0.shape[:-1])
@@ -134,22 +131,6 @@ class PlanarFlowVAE(GaussianLatentVAE):
             log_det = log_det + ld
         return z, log_det
 
-    def encode(self, x: Tensor) -> Distribution:
-        base, u, w, b = self.split_params(self.variational_params(x))
-        layers = [
-            PlanarTransform(u[..., i, :], w[..., i, :], b[..., i]) for i in range(self.flow_length)
-        ]
-        return TransformedDistribution(diag_gaussian(base), layers)
-
-    def terms(self, x, k=1, *, params=None, mode="reparam") -> LogWeightTerms:
-        self.check_mode(mode)
-        x = flat(x)
-        lam = self.variational_params(x) if params is None else params
-        q0 = diag_gaussian(self.split_params(lam)[0])
-        z0 = q0.rsample((k,))  # [k, B, d]
-        z, log_det = self.flow(z0, lam)
-        return LogWeightTerms(
-            log_px_z=self.decoder(z).log_prob(x),
-            log_pz=self.prior().log_prob(z),
-            log_qz=q0.log_prob(z0) - log_det,
-        )
+    def transforms(self, lam: Tensor) -> list[Transform]:
+        _, u, w, b = self.split_params(lam)
+        return [PlanarTransform(u[..., i, :], w[..., i, :], b[..., i]) for i in range(self.flow_length)]

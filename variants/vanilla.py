@@ -30,5 +30,4 @@ class VanillaVAE(GaussianLatentVAE):
     ) -> None:
         super().__init__(x_shape, latent_dim, likelihood)
         self.encoder = mlp(self.x_dim, hidden, 2 * self.latent_dim, activation)
-        dec_net = mlp(self.latent_dim, tuple(reversed(hidden)), self.x_dim, activation)
-        self.decoder = Decoder(dec_net, self.x_dim, likelihood)
+        self.decoder = Decoder.mirrored(self.latent_dim, hidden, self.x_dim, likelihood, activation)
