@@ -1,9 +1,10 @@
-"""Sessions: tests, benchmark, perf, ui. The uv backend: a warm install of torch takes seconds.
+"""Sessions: tests, benchmark, perf, lint, ui. The uv backend: a warm install of torch takes seconds.
 
     nox -s tests                          # the test suite (pytest args after --)
     nox -s benchmark                      # the smoke suite, then its plots and report
     nox -s benchmark -- --suite standard  # another suite; other `bench run` flags pass through
     nox -s perf                           # pytest-benchmark micro-benchmarks
+    nox -s lint                           # ruff
     nox -s ui                             # the MLflow UI for the store, on 127.0.0.1
 """
 
@@ -46,6 +47,13 @@ def benchmark(session: nox.Session) -> None:
 def perf(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "perf", "--benchmark-only", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the tree (rules in pyproject.toml's [tool.ruff.lint])."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".", *session.posargs)
 
 
 @nox.session

@@ -5,7 +5,7 @@ The registry ``LR_SCHEDULES`` is what the ``lr_schedule`` config key names.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 def burda_lr(lr: float, epoch: int) -> float:

@@ -8,7 +8,8 @@ package, so adding a variant is adding a file.
 from __future__ import annotations
 
 import inspect
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from torch import nn
 
