@@ -56,10 +56,13 @@ class RunConfig:
     batch_size: int = 100
     lr: float = 1e-3
     lr_schedule: str = "constant"  # constant | burda (bench.train.LR_SCHEDULES)
+    adam_eps: float = 1e-8  # Adam's epsilon (torch's default; Burda et al. 2016 use 1e-4)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 = leave torch's default (recorded either way)
     binarization: str = "dynamic"  # dynamic | static | none (continuous, Gaussian likelihood)
     train_size: int = 0  # 0 = the whole training split (a prefix otherwise: reduced suites)
+    val_size: int = 0  # 0 = the dataset's validation split (MNIST: the last 10,000 training images)
+    init_decoder_bias: bool = False  # start the decoder's output bias at the training mean's logits
     test_size: int = 0  # 0 = the whole test split
     val_k: int = 5  # samples per example for the per-epoch validation ELBO
     eval_k: int = 1000  # samples per example for the test log-likelihood (5000 in the papers)
@@ -316,6 +319,10 @@ def _validate(cfg: RunConfig, where: str) -> None:
             raise ConfigError(f"{where}: {key} must be >= 1, got {getattr(cfg, key)}")
     if not cfg.lr > 0:
         raise ConfigError(f"{where}: lr must be > 0, got {cfg.lr}")
+    if not cfg.adam_eps > 0:
+        raise ConfigError(f"{where}: adam_eps must be > 0, got {cfg.adam_eps}")
+    if cfg.val_size < 0:
+        raise ConfigError(f"{where}: val_size must be >= 0 (0 = the dataset's split), got {cfg.val_size}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"{where}: device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     for o in cfg.grad_objectives:

@@ -31,6 +31,7 @@ from bench import metrics, objectives
 from bench.config import RunConfig
 from bench.data import Dataset
 from bench.errors import ConfigError, NonFiniteLoss
+from variants.base import Decoder
 
 LogFn = Callable[[dict[str, float], int | None], None]
 
@@ -67,7 +68,7 @@ def sync(device: torch.device) -> None:
 
 def build_model(cfg: RunConfig, data: Dataset) -> nn.Module:
     try:
-        return variants.build(
+        model = variants.build(
             cfg.variant,
             x_shape=data.x_shape,
             latent_dim=cfg.latent_dim,
@@ -78,6 +79,13 @@ def build_model(cfg: RunConfig, data: Dataset) -> nn.Module:
         )
     except (variants.VariantConfigError, ValueError) as e:
         raise ConfigError(f"run {cfg.run_name}: {e}") from None
+    if cfg.init_decoder_bias:  # Burda et al.'s code: the output bias starts at the training mean
+        decoders = [m for m in model.modules() if isinstance(m, Decoder)]
+        if not decoders:
+            raise ConfigError(f"run {cfg.run_name}: init_decoder_bias: variant {cfg.variant!r} has no Decoder")
+        for d in decoders:
+            d.init_output_bias(data.train[: cfg.train_size or None].mean(0))
+    return model
 
 
 def train_step(model: nn.Module, objective, optimizer: torch.optim.Optimizer, x: Tensor, k: int) -> Tensor:
@@ -139,7 +147,7 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     model = build_model(cfg, data).to(device)
     objective = objectives.build(cfg.objective)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
 
     train = data.train[: cfg.train_size] if cfg.train_size else data.train
     test = data.test[: cfg.test_size] if cfg.test_size else data.test
