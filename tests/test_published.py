@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("mlflow")
-from mlflow import MlflowClient  # noqa: E402
+from mlflow import MlflowClient
 
-from bench import config, plots  # noqa: E402
-from bench.errors import ConfigError  # noqa: E402
-from tests.test_plots import LOG_PX, PNG_MAGIC, _child  # noqa: E402
+from bench import config, plots
+from bench.errors import ConfigError
+from tests.test_plots import LOG_PX, PNG_MAGIC, _child
 
 SUITE = """
 description = "test"
@@ -100,7 +100,7 @@ def test_the_report_and_csv_put_published_beside_ours(ks_store, tmp_path, capsys
 
     def row(variant, objective, metric):
         pat = rf"^\| {re.escape(variant)} \| {re.escape(objective)} \| digits \| {re.escape(metric)} \| (.+?) \| (.+?) \| (.+?) \|$"
-        m = re.search(pat, readme, re.M)
+        m = re.search(pat, readme, re.MULTILINE)
         assert m, (variant, objective, metric)
         return m.groups()
 
