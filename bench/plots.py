@@ -670,7 +670,7 @@ def published_frame(df: pd.DataFrame, published, notes: list[str]) -> pd.DataFra
     ``diff`` = ours - published (NaN where ours is missing).
     """
     params = [c for c in df.columns if c.startswith("params.")]
-    used, rows = set(), []
+    used, rows, absent = set(), [], {}
     for key, g in df.groupby(KEY, sort=True):
         runs = [{c.removeprefix("params."): v for c, v in r.items() if isinstance(v, str)}
                 for r in g[params].to_dict("records")]
@@ -688,7 +688,10 @@ def published_frame(df: pd.DataFrame, published, notes: list[str]) -> pd.DataFra
             rows.append(dict(zip(KEY, key), metric=metric, ours=ours, sd=_sd(vals) if len(vals) else np.nan,
                              n=len(vals), published=value, diff=ours - value))
             if not len(vals):
-                notes.append(f"{'/'.join(key)} has no {metric}: its published number stands alone")
+                absent.setdefault(metric, []).append("/".join(key))
+    for metric, groups in absent.items():
+        notes.append(f"published {metric} has no measured counterpart in {len(groups)} group(s) "
+                     f"({', '.join(groups[:4])}{' ...' if len(groups) > 4 else ''}): shown as —")
     unrun = [i for i in range(len(published.rows)) if i not in used]
     if unrun:
         desc = "; ".join(", ".join(f"{k}={v}" for k, v in published.rows[i].match.items()) for i in unrun[:8])
@@ -718,16 +721,16 @@ def published_section(published, pub: pd.DataFrame) -> list[str]:
            f"**The paper's protocol:** {published.protocol}", ""]
     if published.note:
         out += [published.note, ""]
-    out += ["**ours − published** is our mean over seeds minus the paper's number, in the metric's own "
-            "units and sign: for a bound or log-likelihood (↑) a positive difference means ours is higher "
-            "(better) than the paper's; for a count, ours has more. Every difference carries the protocol "
-            "differences listed in the suite's description.", ""]
+    out += [("**ours − published** is our mean over seeds minus the paper's number, in the metric's own "
+             "units and sign: for a bound or log-likelihood (↑) a positive difference means ours is higher "
+             "(better) than the paper's; for a count, ours has more. Every difference carries the protocol "
+             "differences listed in the suite's description."), ""]
     if pub.empty:
         return out + ["No run of this suite matches a published result yet.", ""]
     out += ["| variant | objective | dataset | metric | ours | published | ours − published |",
             "|---|---|---|---|---|---|---|"]
     for _, r in pub.iterrows():
-        d = digits.get(r["metric"], 2)
+        d = digits.get(r["metric"], 0 if float(r["published"]).is_integer() else 2)
         ours = _fmt(r["ours"], r["sd"], int(r["n"]), d)
         diff = f"{r['diff']:+.{d}f}" if np.isfinite(r["diff"]) else "—"
         out.append(f"| {r['variant']} | {r['objective']} | {r['dataset']} | {label.get(r['metric'], r['metric'])} "
@@ -736,32 +739,48 @@ def published_section(published, pub: pd.DataFrame) -> list[str]:
 
 
 def published_figure(pub: pd.DataFrame, published, path: Path, written: list[Path], notes: list[str]) -> None:
-    """Ours (mean ± sd over seeds) against published, one panel per metric, with y = x."""
+    """Ours against published, one panel per metric: a row per (variant, objective), the paper's
+    number (open diamond) joined to ours (filled, mean ± sd over seeds), ours − published at the
+    right. Legible at any distance between the two, which a y = x scatter is not."""
     pub = pub[pd.to_numeric(pub["ours"], errors="coerce").notna()]
     if pub.empty:
         notes.append("no run has a metric the published table gives: published figure not drawn")
         return
     metrics = list(dict.fromkeys(pub["metric"]))
-    label = {m: f"{lab} [{unit}]" for m, lab, unit, *_ in TABLE_METRICS}
+    label = {m: f"{lab} [{unit}] {'(higher is better)' if up else '(lower is better)'}"
+             for m, lab, unit, up, _ in TABLE_METRICS}
+    digits = {m: d for m, *_, d in TABLE_METRICS}
     pal = variant_colors(sorted(pub["variant"].unique()))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics), 5.6), squeeze=False)
+    n_rows = max(len(pub[pub["metric"] == m]) for m in metrics)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 1.2 + 0.42 * n_rows), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        d = pub[pub["metric"] == metric]
-        lo = min(d["published"].min(), (d["ours"] - d["sd"].fillna(0)).min())
-        hi = max(d["published"].max(), (d["ours"] + d["sd"].fillna(0)).max())
-        pad = 0.08 * (hi - lo) if hi > lo else 1.0
-        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ls="--", color="grey", lw=1, label="ours = published")
-        for _, r in d.iterrows():
-            ax.errorbar(r["published"], r["ours"], yerr=r["sd"] if np.isfinite(r["sd"]) else None, fmt="o",
-                        color=pal[r["variant"]], markersize=8, markeredgecolor="black", capsize=3)
-            ax.annotate(f"{r['variant']} / {r['objective']}", (r["published"], r["ours"]), fontsize=8,
-                        xytext=(6, -10), textcoords="offset points")
-        ax.set(xlim=(lo - pad, hi + pad), ylim=(lo - pad, hi + pad), aspect="equal",
-               xlabel=f"published: {label.get(metric, metric)}", ylabel=f"ours: {label.get(metric, metric)}",
-               title=f"{label.get(metric, metric).split(' [')[0]} on {', '.join(sorted(d['dataset'].unique()))}")
-        ax.legend(fontsize=8, loc="upper left")
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"Ours (mean ± sd over seeds) against {published.citation}, {published.table}", fontsize=10)
+        d = pub[pub["metric"] == metric].reset_index(drop=True)
+        multi_ds = d["dataset"].nunique() > 1
+        names = [f"{v} / {o}" + (f" / {ds}" if multi_ds else "")
+                 for v, o, ds in zip(d["variant"], d["objective"], d["dataset"])]
+        y = np.arange(len(d))[::-1]
+        sd = d["sd"].fillna(0).to_numpy()
+        ax.hlines(y, d["published"], d["ours"], color="grey", lw=1, zorder=1)
+        ax.scatter(d["published"], y, marker="D", s=55, facecolors="white", edgecolors="black", zorder=3,
+                   label="published")
+        for yi, (_, r), e in zip(y, d.iterrows(), sd):
+            ax.errorbar(r["ours"], yi, xerr=e or None, fmt="o", color=pal[r["variant"]], markersize=8,
+                        markeredgecolor="black", capsize=3, zorder=4)
+        lo = min(d["published"].min(), (d["ours"] - sd).min())
+        hi = max(d["published"].max(), (d["ours"] + sd).max())
+        pad = 0.05 * (hi - lo) if hi > lo else 1.0
+        ax.set_xlim(lo - pad, hi + pad)
+        for yi, diff in zip(y, d["diff"]):
+            ax.annotate(f"{diff:+.{digits.get(metric, 2)}f}", (1.01, yi), xycoords=("axes fraction", "data"),
+                        va="center", fontsize=9)
+        ax.set_yticks(y, names, fontsize=9)
+        ax.set_ylim(-0.7, len(d) - 0.3)
+        ax.scatter([], [], marker="o", color="grey", edgecolors="black", label="ours (mean ± sd over seeds)")
+        ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False)
+        ax.annotate("ours −\npublished", (1.01, 1.0), xycoords="axes fraction", va="bottom", fontsize=8)
+        ax.set(xlabel=label.get(metric, metric))
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"Ours against {published.citation}, {published.table}", fontsize=10, y=1.0, va="bottom")
     fig.tight_layout()
     _save(fig, path, written)
 
