@@ -83,7 +83,11 @@ class VAE(nn.Module):
       for the gap decomposition (the ELBO for reparameterizable families);
     * ``q_determined_by_params``: ``lambda = variational_params(x)`` fixes ``q(z | x)`` entirely
       (no inference weights act after it, as in a two-layer ``q(z2 | z1)`` network). DReG needs it:
-      its per-path weights are applied to the gradient that reaches ``lambda``.
+      its per-path weights are applied to the gradient that reaches ``lambda``;
+    * ``deterministic_q``: ``q(z | x)`` is a point mass (VQ-VAE): ``log_weights`` repeats one value;
+    * ``not_applicable``: measurements that do not apply to the variant, each with the reason
+      (``"log_px"``, ``"gaps"``, ``"grad"``, ``"active_units"``): the training loop skips them and
+      the run records the reason (``bench.train.skipped_measurements``), never a NaN.
     """
 
     name: ClassVar[str] = "?"
@@ -94,6 +98,8 @@ class VAE(nn.Module):
     eval_mode: ClassVar[str] = "reparam"
     local_objective: ClassVar[str] = "elbo"
     q_determined_by_params: ClassVar[bool] = True
+    deterministic_q: ClassVar[bool] = False
+    not_applicable: ClassVar[dict[str, str]] = {}
 
     def __init__(self, x_shape: tuple[int, ...], likelihood: str) -> None:
         super().__init__()
