@@ -65,8 +65,27 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from variants.base import VAE, Decoder, LogWeightTerms, detached_call, diag_gaussian, draw, flat
-from variants.nets import ACTIVATIONS, mlp
+from variants.nets import ACTIVATIONS
 from variants.registry import VariantConfigError, register
+
+
+class BatchNorm(nn.BatchNorm1d):
+    """``BatchNorm1d`` over the last axis of ``[..., C]`` inputs (the leading axes, e.g. ``[k, B]``,
+    are one batch): training mode normalizes by the batch's statistics and updates the running
+    ones; eval mode (every evaluation of the harness) applies the running statistics, a fixed
+    affine map, so the evaluated model is a proper density."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+def layers(in_dim: int, widths: Sequence[int], activation: str, batch_norm: bool) -> list[nn.Module]:
+    """``Linear -> [BatchNorm] -> activation`` for each width (Sønderby et al.'s deterministic layers)."""
+    out: list[nn.Module] = []
+    for w in widths:
+        out += [nn.Linear(in_dim, int(w)), *([BatchNorm(int(w))] if batch_norm else []), ACTIVATIONS[activation]()]
+        in_dim = int(w)
+    return out
 
 
 def precision_merge(hat: Tensor, p: Tensor) -> Tensor:
@@ -95,28 +114,35 @@ class LadderVAE(VAE):
         activation: str = "tanh",
         upper_latent_dims: Sequence[int] = (8,),
         hidden2: Sequence[int] | None = None,
+        batch_norm: bool = True,
     ) -> None:
         super().__init__(x_shape, likelihood)
         hidden = tuple(int(h) for h in hidden)
         hidden2 = tuple(max(1, h // 2) for h in hidden) if hidden2 is None else tuple(hidden2)
         if not hidden or not hidden2:
             raise VariantConfigError("ladder needs at least one hidden layer in hidden and hidden2")
+        if activation not in ACTIVATIONS:
+            raise VariantConfigError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
         self.latent_dims = (int(latent_dim), *(int(d) for d in upper_latent_dims))
         self.latent_dim = self.latent_dims[0]
+        self.batch_norm = bool(batch_norm)
         up, heads, width = [], [], self.x_dim
         for i, d in enumerate(self.latent_dims):
             h = hidden if i == 0 else hidden2
-            body = mlp(width, h[:-1], h[-1], activation)  # validates the activation name
-            up.append(nn.Sequential(body, ACTIVATIONS[activation]()))
+            up.append(nn.Sequential(*layers(width, h, activation, self.batch_norm)))
             heads.append(nn.Linear(h[-1], 2 * d))
             width = h[-1]
         self.encoder_up = nn.ModuleList(up)
         self.encoder_heads = nn.ModuleList(heads)
+        rev2 = tuple(reversed(hidden2))
         self.decoder_td = nn.ModuleList(  # decoder_td[i]: p(z_{i+1} | z_{i+2}) in 1-based layers
-            mlp(self.latent_dims[i + 1], tuple(reversed(hidden2)), 2 * self.latent_dims[i], activation)
+            nn.Sequential(*layers(self.latent_dims[i + 1], rev2, activation, self.batch_norm),
+                          nn.Linear(rev2[-1], 2 * self.latent_dims[i]))
             for i in range(len(self.latent_dims) - 1)
         )
-        self.decoder = Decoder.mirrored(self.latent_dim, hidden, self.x_dim, likelihood, activation)
+        rev = tuple(reversed(hidden))
+        net = nn.Sequential(*layers(self.latent_dim, rev, activation, self.batch_norm), nn.Linear(rev[-1], self.x_dim))
+        self.decoder = Decoder(net, self.x_dim, likelihood)
 
     def prior(self) -> Distribution:
         """The top prior ``p(z_L) = N(0, I)``."""
