@@ -1,6 +1,8 @@
-"""Binary latent units: the Bernoulli VAE of the discrete-estimator literature (NVIL, MuProp,
-REBAR, RELAX, ARM, DisARM: Mnih & Gregor 2014; Tucker et al. 2017; Yin & Zhou 2019; Dong et al.
-2020), one layer of ``n = latent_dim`` stochastic binary units.
+"""Binary latents: the Bernoulli VAE the discrete-estimator papers benchmark (learned prior).
+
+The model of NVIL, MuProp, REBAR, RELAX, ARM and DisARM (Mnih & Gregor 2014; Tucker et al. 2017;
+Grathwohl et al. 2018; Yin & Zhou 2019; Dong et al. 2020): one layer of ``n = latent_dim``
+stochastic binary units.
 
     p(b) = prod_i Bernoulli(b_i; sigmoid(a_i)),      a = prior_logits, learned (zeros at start),
     q(b | x) = prod_i Bernoulli(b_i; sigmoid(l_i(x))),  lambda(x) = logits l(x)   ([B, n]),

@@ -1,5 +1,7 @@
-"""The VQ-VAE (van den Oord, Vinyals & Kavukcuoglu 2017, "Neural Discrete Representation
-Learning"): a deterministic encoder, a codebook of ``K = n_codes`` vectors ``e_1..e_K`` in
+"""The VQ-VAE (van den Oord et al. 2017): K codes, straight-through, logged as an honest bound.
+
+van den Oord, Vinyals & Kavukcuoglu 2017, "Neural Discrete Representation Learning": a
+deterministic encoder, a codebook of ``K = n_codes`` vectors ``e_1..e_K`` in
 ``R^D`` (``D = latent_dim``), nearest-neighbour quantization of each of ``N`` encoder outputs,
 and a decoder of the quantized vectors.
 

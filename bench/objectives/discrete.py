@@ -110,10 +110,10 @@ def rloo(model, x, k: int = 2, params=None, kl_weight: float = 1.0) -> Estimate:
 
 @register("nvil", modes=("score",), latents=("discrete",), warmup=True)
 class NVIL(TrainableObjective):
-    """NVIL (Mnih & Gregor 2014): REINFORCE on the ELBO with a learned input-dependent baseline,
-    a running constant baseline and variance normalization.
+    """NVIL (Mnih & Gregor 2014): REINFORCE with a learned input-dependent baseline; unbiased.
 
-    Learning signal ``f = log w = log p(x, z) - log q(z | x)`` (``z`` an exact sample of q); the
+    REINFORCE on the ELBO with a learned input-dependent baseline, a running constant baseline and
+    variance normalization. Learning signal ``f = log w = log p(x, z) - log q(z | x)`` (``z`` an exact sample of q); the
     encoder gets
 
         ((f - C_psi(x) - c) / max(1, sqrt(v))) grad log q(z | x),
