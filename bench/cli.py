@@ -221,7 +221,8 @@ def _print_summary(summary, seconds: float) -> None:
     print(f"\n{'run':<{w}}  {'test/elbo':>10}  {'test/log_px':>11}  {'train ex/s':>10}", file=sys.stderr)
     for name, m in summary:
         log_px = f"{m['test/log_px']:11.3f}" if "test/log_px" in m else f"{'skipped':>11}"
-        print(f"{name:<{w}}  {m['test/elbo']:10.3f}  {log_px}  {m['perf/train_examples_per_s']:10,.0f}", file=sys.stderr)
+        ex_s = m["perf/train_examples_per_s"]
+        print(f"{name:<{w}}  {m['test/elbo']:10.3f}  {log_px}  {ex_s:10,.0f}", file=sys.stderr)
     print(f"suite time {seconds:.1f} s", file=sys.stderr)
 
 

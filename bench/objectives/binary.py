@@ -146,7 +146,8 @@ class REBAR(_ConditionalRelaxation):
     """REBAR (Tucker et al. 2017): a Concrete control variate trained for low variance; unbiased.
 
     Tucker, Mnih, Maddison, Lawson & Sohl-Dickstein 2017: the Concrete relaxation as a control
-    variate, its scale eta and temperature tau trained to minimize the variance. ``c(z) = eta f(sigmoid(z / tau))`` in the estimator of :class:`_ConditionalRelaxation`, with
+    variate, its scale eta and temperature tau trained to minimize the variance:
+    ``c(z) = eta f(sigmoid(z / tau))`` in the estimator of :class:`_ConditionalRelaxation`, with
     ``tau`` (log-parametrized, initially ``temperature = 0.5``) and ``eta`` (initially 1) learned
     by the gradient of the squared gradient; ``learn_temperature=False`` / ``learn_eta=False``
     fix them (objective options). ``k`` independent samples, 3 evaluations of ``f`` each. One
@@ -159,8 +160,8 @@ class RELAX(_ConditionalRelaxation):
     """RELAX (Grathwohl et al. 2018): REBAR's control variate plus a learned network; unbiased.
 
     Grathwohl, Choi, Wu, Roeder & Duvenaud 2018: REBAR's control variate plus a learned network,
-    all trained to minimize the variance. ``c(z) = eta [f(sigmoid(z / tau)) + r_rho(x, z)]`` in the estimator of
-    :class:`_ConditionalRelaxation` (Grathwohl et al.'s "relaxed REBAR" for the binary VAE, in the
+    all trained to minimize the variance: ``c(z) = eta [f(sigmoid(z / tau)) + r_rho(x, z)]`` in
+    the estimator of :class:`_ConditionalRelaxation` (Grathwohl et al.'s "relaxed REBAR" for the binary VAE, in the
     form of the DisARM code): ``r_rho`` an MLP on ``[x, z]`` with ``hidden`` (137) LeakyReLU(0.3)
     units, its output layer zero-initialized (RELAX starts as REBAR); ``eta``, ``tau`` and ``rho``
     learned by the gradient of the squared gradient. ``k`` independent samples, 3 evaluations

@@ -113,8 +113,8 @@ class NVIL(TrainableObjective):
     """NVIL (Mnih & Gregor 2014): REINFORCE with a learned input-dependent baseline; unbiased.
 
     REINFORCE on the ELBO with a learned input-dependent baseline, a running constant baseline and
-    variance normalization. Learning signal ``f = log w = log p(x, z) - log q(z | x)`` (``z`` an exact sample of q); the
-    encoder gets
+    variance normalization. Learning signal ``f = log w = log p(x, z) - log q(z | x)`` (``z`` an
+    exact sample of q); the encoder gets
 
         ((f - C_psi(x) - c) / max(1, sqrt(v))) grad log q(z | x),
 
