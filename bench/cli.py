@@ -60,6 +60,7 @@ def cmd_run(args) -> int:
 def _run_suite(args) -> int:
     import torch
 
+    import variants
     from bench import config, data, tracking, train
 
     suite = config.load_suite(args.suite, config.parse_overrides(args.set or []))
@@ -111,7 +112,10 @@ def _run_suite(args) -> int:
             params = r.params() | {"device": str(dev), "threads": str(torch.get_num_threads()),
                                    "likelihood": ds.likelihood, "train_examples": str(len(ds.train[: r.train_size or None])),
                                    "test_examples": str(len(ds.test[: r.test_size or None])), "data_source": ds.source}
-            child = tracker.start_child(r.run_name, common_tags | {"device_name": tracking.device_name(dev)}, params)
+            skipped = train.skipped_measurements(r, variants.get(r.variant))  # the reasons, as tags
+            tags = common_tags | {"device_name": tracking.device_name(dev)}
+            tags |= {f"vaebench.skipped.{m}": why for m, why in skipped.items()}
+            child = tracker.start_child(r.run_name, tags, params)
             tracker.log_dict(child, r.__dict__ | {"device": str(dev)}, "config.json")
             show = _progress(f"[{i}/{len(suite.runs)}] {r.run_name}", r.epochs)
             try:
@@ -218,7 +222,9 @@ def _print_summary(summary, seconds: float) -> None:
     w = max(len(n) for n, _ in summary)
     print(f"\n{'run':<{w}}  {'test/elbo':>10}  {'test/log_px':>11}  {'train ex/s':>10}", file=sys.stderr)
     for name, m in summary:
-        print(f"{name:<{w}}  {m['test/elbo']:10.3f}  {m['test/log_px']:11.3f}  {m['perf/train_examples_per_s']:10,.0f}", file=sys.stderr)
+        log_px = f"{m['test/log_px']:11.3f}" if "test/log_px" in m else f"{'skipped':>11}"
+        ex_s = m["perf/train_examples_per_s"]
+        print(f"{name:<{w}}  {m['test/elbo']:10.3f}  {log_px}  {ex_s:10,.0f}", file=sys.stderr)
     print(f"suite time {seconds:.1f} s", file=sys.stderr)
 
 

@@ -15,6 +15,8 @@ A suite is a TOML file (``bench/suites/<name>.toml``, or any path)::
     k = 5
     [variant_options.planar-flow]  # keyword options passed to variants.build for that variant
     flow_length = 8
+    [objective_options.rebar]      # keyword options of a trainable objective (bench.objectives)
+    learn_temperature = false
     [published]                    # optional: a paper's numbers, shown beside ours by `bench plots`
     citation = "Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders, ICLR"
     table = "Table 1, MNIST"
@@ -86,8 +88,11 @@ class RunConfig:
     grad_ks: list[int] = field(default_factory=list)  # k values for grad_objectives; [] = [k]
     grad_draws: int = 50
     grad_batch: int = 64
+    grad_fit_steps: int = 100  # a trainable grad_objective's own parameters are fitted this long first
+    kl_warmup_epochs: int = 0  # KL weight 0 -> 1 linearly over this many epochs (per step); 0 = off
     data_dir: str = ""  # where downloaded / user-provided datasets live; "" = ./data
     variant_options: dict = field(default_factory=dict)
+    objective_options: dict = field(default_factory=dict)  # objective name -> its keyword options
 
     def params(self) -> dict[str, str]:
         """Flat string params for MLflow (lists joined by commas, options as key.option)."""
@@ -96,6 +101,8 @@ class RunConfig:
             v = getattr(self, f.name)
             if f.name == "variant_options":
                 out.update({f"option.{k}": str(x) for k, x in v.items()})
+            elif f.name == "objective_options":
+                out.update({f"objective_option.{o}.{k}": str(x) for o, opts in v.items() for k, x in opts.items()})
             elif isinstance(v, list):
                 out[f.name] = ",".join(map(str, v))
             else:
@@ -108,7 +115,9 @@ class RunConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-SETTABLE = sorted(k for k in FIELDS if k not in ("variant", "objective", "dataset", "seed", "variant_options"))
+SETTABLE = sorted(
+    k for k in FIELDS if k not in ("variant", "objective", "dataset", "seed", "variant_options", "objective_options")
+)
 GRID_KEYS = ("variants", "objectives", "datasets", "seeds")
 _HINTS = typing.get_type_hints(RunConfig)
 
@@ -295,7 +304,7 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) ->
     overrides = dict(overrides or {})
     path, doc = _read_suite_file(name_or_path)
     where = str(path)
-    _check_keys(doc, ("description", "defaults", "grid", "variant_options", "published"), where)
+    _check_keys(doc, ("description", "defaults", "grid", "variant_options", "objective_options", "published"), where)
     published = parse_published(doc["published"], where) if "published" in doc else None
     base: dict[str, object] = {}
     for key, value in doc.get("defaults", {}).items():
@@ -307,6 +316,13 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) ->
             _unknown_variant(vname, where)
         if not isinstance(opts, dict):
             raise ConfigError(f"{where} [variant_options.{vname}] must be a table")
+    objective_options = doc.get("objective_options", {})
+    for oname, opts in objective_options.items():
+        if oname not in objectives.available():
+            valid = ", ".join(objectives.available())
+            raise ConfigError(f"{where} [objective_options.{oname}]: unknown objective; valid: {valid}")
+        if not isinstance(opts, dict):
+            raise ConfigError(f"{where} [objective_options.{oname}] must be a table")
     grids = doc.get("grid", [])
     if not grids:
         raise ConfigError(f"{where}: a suite needs at least one [[grid]]")
@@ -343,6 +359,7 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) ->
                     raise ConfigError(f"{gwhere}: {e}") from None
                 cfg = RunConfig(variant=v, objective=o, dataset=d, seed=s, **local)
                 cfg.variant_options = dict(options.get(v, {}))
+                cfg.objective_options = {name: dict(opts) for name, opts in objective_options.items()}
                 if cfg.k == 0:
                     cfg.k = vcls.default_k
                 runs.append(cfg)
@@ -411,3 +428,17 @@ def _validate(cfg: RunConfig, where: str) -> None:
     for o in cfg.grad_objectives:
         if o not in objectives.available():
             raise ConfigError(f"{where}: grad_objectives: unknown objective {o!r}; valid: {', '.join(objectives.available())}")
+    if cfg.kl_warmup_epochs < 0 or cfg.grad_fit_steps < 0:
+        raise ConfigError(f"{where}: kl_warmup_epochs and grad_fit_steps must be >= 0")
+    if cfg.kl_warmup_epochs and not objectives.spec(cfg.objective).warmup:
+        with_warmup = [o for o in objectives.available() if objectives.spec(o).warmup]
+        raise ConfigError(
+            f"{where}: kl_warmup_epochs = {cfg.kl_warmup_epochs} but objective {cfg.objective!r} has no "
+            "separate KL term to warm up (IWAE-type bounds such as iwae, dreg and vimco weight the whole "
+            f"log-weight inside a log-mean-exp); objectives with warm-up: {', '.join(with_warmup)}"
+        )
+    for name, opts in cfg.objective_options.items():
+        try:
+            objectives.build(name, **opts)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where} [objective_options.{name}]: {e}") from None

@@ -304,35 +304,45 @@ def gradient_stats(
     callable ``(model, x, k, params=None) -> Estimate``. Gradients are taken with
     ``torch.autograd.grad``: the parameters' ``.grad`` are untouched, and the model's buffers
     (running statistics a forward pass in training mode may update) are restored afterwards.
-    Returns ``{"encoder_var", "encoder_snr", "decoder_var", "decoder_snr"}`` as floats.
+    Returns ``{"encoder_var", "encoder_snr", "decoder_var", "decoder_snr"}`` as floats, and
+    ``objective_var``, ``objective_snr`` for a trainable objective (an ``nn.Module``: NVIL, REBAR,
+    RELAX): the draws of its own parameters' training gradient (``bench.objectives.gradients``),
+    its buffers restored as the model's.
     """
     if n < 2:
         raise ValueError(f"gradient_stats needs n >= 2 draws for a variance, got {n}")
     if isinstance(objective, str):
         objectives.check_applies(objective, type(model))
         objective = objectives.build(objective)
+    stateful = [model, objective] if isinstance(objective, nn.Module) else [model]
+    buffers = [{name: b.detach().clone() for name, b in m.named_buffers()} for m in stateful]
     all_groups = model.parameter_groups()
-    groups = {g: [p for p in all_groups.get(g, []) if p.requires_grad] for g in _GROUPS}
+    if isinstance(objective, nn.Module):  # a trainable objective: its own group (bench.objectives)
+        objective(model, x, k)  # (sizes lazily built networks; buffers are restored below)
+        all_groups = {**all_groups, "objective": objectives.own_parameters(objective)}
+    names = [*_GROUPS, "objective"] if all_groups.get("objective") else list(_GROUPS)
+    groups = {g: [p for p in all_groups.get(g, []) if p.requires_grad] for g in names}
     params = [p for g in _GROUPS for p in groups[g]]
+    own = groups.get("objective", [])
     device = params[0].device if params else x.device
-    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    stats = _Welford(sum(p.numel() for p in params), device)
+    stats = _Welford(sum(p.numel() for p in params + own), device)
     try:
         for _ in range(n):
-            surrogate = objective(model, x, k).surrogate
-            grads = torch.autograd.grad(surrogate, params, allow_unused=True)
+            est = objective(model, x, k)
+            grads, own_grads = objectives.gradients(objective, est, params, groups["encoder"])
             stats.update(
                 torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
-                           for p, g in zip(params, grads)])
+                           for p, g in zip(params + own, grads + own_grads)])
             )
     finally:
         with torch.no_grad():
-            for name, b in model.named_buffers():
-                b.copy_(buffers[name])
+            for m, saved in zip(stateful, buffers):
+                for name, b in m.named_buffers():
+                    b.copy_(saved[name])
     var = stats.m2 / (stats.n - 1)
     out: dict[str, float] = {}
     start = 0
-    for group in _GROUPS:
+    for group in names:
         size = sum(p.numel() for p in groups[group])
         sl = slice(start, start + size)
         out[f"{group}_var"], out[f"{group}_snr"] = summarize_gradients(

@@ -180,12 +180,24 @@ def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
     return df.sort_values(KEY + ["seed"]).reset_index(drop=True), notes
 
 
+def _skipped(df: pd.DataFrame, metric: str) -> pd.Series:
+    """Runs that skipped ``metric`` by design: the tag ``vaebench.skipped.<measurement>`` the
+    driver sets (``bench.train.skipped_measurements``; ``gap/*`` is ``gaps``, ``grad/*`` ``grad``,
+    ``test/<m>`` ``<m>``)."""
+    name = {"gap": "gaps", "grad": "grad"}.get(metric.split("/")[0], metric.split("/")[-1])
+    col = f"tags.vaebench.skipped.{name}"
+    return df[col].notna() if col in df else pd.Series(False, index=df.index)
+
+
 def _missing_notes(df: pd.DataFrame, metrics: list[str]) -> list[str]:
-    """One note per set of runs that lacks the same metrics: "metric(s) a, b missing in ..."."""
+    """One note per set of runs that lacks the same metrics: "metric(s) a, b missing in ...".
+    A metric a run skipped by design (not applicable to its variant, the reason in its tags) is
+    not missing."""
     by_runs: dict[tuple[str, ...], list[str]] = {}
     for m in metrics:
         col = f"metrics.{m}"
-        missing = df["run_name"][df[col].isna()] if col in df else df["run_name"]
+        lacking = df[col].isna() if col in df else pd.Series(True, index=df.index)
+        missing = df["run_name"][lacking & ~_skipped(df, m)]
         if len(missing):
             by_runs.setdefault(tuple(missing.astype(str)), []).append(m)
     notes = []

@@ -5,14 +5,22 @@ evaluates every epoch and at the end, and hands every number to ``log(metrics, s
 nothing of MLflow. What it logs (nats per example, higher is better unless named otherwise):
 
 per epoch (step = epoch)  train/loss (= -training bound, averaged over the epoch's batches),
-                          val/elbo, train/examples_per_s; gap/* and grad/* at scheduled epochs
+                          val/elbo, train/examples_per_s; gap/* and grad/* at scheduled epochs;
+                          train/kl_weight (the warm-up's beta at the epoch's last step) when
+                          kl_warmup_epochs > 0
 final                     test/elbo, test/recon, test/kl, test/log_px, test/active_units, gap/*,
                           test/exact_log_px (variants with exact_log_marginal: the oracle),
+                          test/codebook_perplexity (variants with codebook_perplexity: VQ-VAE),
                           grad/*, perf/train_examples_per_s, perf/eval_examples_per_s,
                           perf/train_seconds, perf/peak_mem_mb
 
 The logged training value is the bound the objective estimates (``Estimate.value``), never the
-surrogate. Host-device synchronization happens once per epoch (``.item()`` on the summed bound)
+surrogate, also during a KL warm-up (``kl_warmup_epochs``: only the surrogate is weighted). A
+trainable objective (``bench.objectives.TrainableObjective``: NVIL, REBAR, RELAX) has its own
+optimizer; each step the model's parameters get the estimator's gradient and the objective's
+parameters their own training gradient (``bench.objectives.backward``). Measurements a variant
+declares not applicable (:func:`skipped_measurements`) are skipped, not logged as NaN.
+Host-device synchronization happens once per epoch (``.item()`` on the summed bound)
 and around the timed sections; nothing syncs per step.
 """
 
@@ -68,19 +76,53 @@ def build_model(cfg: RunConfig, data: Dataset) -> nn.Module:
         decoders = [m for m in model.modules() if isinstance(m, Decoder)]
         if not decoders:
             raise ConfigError(f"run {cfg.run_name}: init_decoder_bias: variant {cfg.variant!r} has no Decoder")
-        for d in decoders:
-            d.init_output_bias(data.train[: cfg.train_size or None].mean(0))
+        try:
+            for d in decoders:
+                d.init_output_bias(data.train[: cfg.train_size or None].mean(0))
+        except variants.VariantConfigError as e:
+            raise ConfigError(f"run {cfg.run_name}: {e}") from None
     return model
 
 
-def train_step(model: nn.Module, objective, optimizer: torch.optim.Optimizer, x: Tensor, k: int) -> Tensor:
+def train_step(
+    model: nn.Module, objective, optimizer: torch.optim.Optimizer, x: Tensor, k: int,
+    own_optimizer: torch.optim.Optimizer | None = None, kl_weight: float | None = None,
+) -> Tensor:
     """One optimizer step on a batch ``x: [B, D]``; returns the bound summed over the batch
-    (detached, on the device: no host sync)."""
-    est = objective(model, x, k)
+    (detached, on the device: no host sync). ``own_optimizer`` steps a trainable objective's
+    parameters; ``kl_weight`` (warm-up) weights the KL in the surrogate only."""
+    est = objective(model, x, k) if kl_weight is None else objective(model, x, k, kl_weight=kl_weight)
     optimizer.zero_grad(set_to_none=True)
-    est.surrogate.backward()
+    objectives.backward(objective, est, model)
     optimizer.step()
+    if own_optimizer is not None:
+        own_optimizer.step()
     return est.value.sum()
+
+
+def kl_weight(cfg: RunConfig, step: int, steps_per_epoch: int) -> float | None:
+    """The KL warm-up weight at optimizer step ``step`` (0-based): ``beta = min(1, step / (E S))``
+    for ``E = kl_warmup_epochs`` and ``S`` steps per epoch, a linear rise from 0 at the first step
+    to 1 after ``E`` epochs, updated every step (Sønderby et al. 2016). ``None`` when warm-up is
+    off (``E = 0``) or over, so objectives without a KL term are called as always."""
+    if cfg.kl_warmup_epochs <= 0 or step >= cfg.kl_warmup_epochs * steps_per_epoch:
+        return None
+    return step / (cfg.kl_warmup_epochs * steps_per_epoch)
+
+
+def skipped_measurements(cfg: RunConfig, variant_cls) -> dict[str, str]:
+    """Measurements this run skips, each with its reason: the variant's ``not_applicable``
+    (``"log_px"``, ``"gaps"``, ``"grad"``, ``"active_units"``), plus ``"log_px"`` whenever q is a
+    point mass and ``eval_k > 1`` (importance sampling would repeat one sample: the IWAE estimate
+    equals the ELBO and is no estimate of log p(x)). The loop does not compute them; the driver
+    records each as the tag ``vaebench.skipped.<name>`` of the run."""
+    out = dict(getattr(variant_cls, "not_applicable", {}))
+    if getattr(variant_cls, "deterministic_q", False) and cfg.eval_k > 1 and "log_px" not in out:
+        out["log_px"] = (
+            f"q(z | x) is a point mass: importance sampling with eval_k = {cfg.eval_k} repeats one "
+            "sample, so the estimate is the ELBO (test/elbo), not an estimate of log p(x)"
+        )
+    return out
 
 
 @torch.no_grad()
@@ -103,25 +145,47 @@ class RunResult:
     final: dict[str, float] = field(default_factory=dict)
 
 
-def measure(model, cfg: RunConfig, data: Dataset, grad_x: Tensor, epoch: int, final: bool) -> dict[str, float]:
+def _fit_batches(data: Dataset, cfg: RunConfig, device: torch.device, n: int = 8) -> list[Tensor]:
+    """``n`` fixed training batches of ``grad_batch`` examples (binarized as the data's protocol
+    says) on which :func:`measure` fits a trainable objective's own parameters."""
+    g = torch.Generator(device=device).manual_seed(1)
+    x = data.train[torch.randperm(len(data.train), generator=g, device=device)[: n * cfg.grad_batch]]
+    if data.binarization == "dynamic":
+        x = torch.bernoulli(x, generator=g)
+    return list(x.split(cfg.grad_batch))
+
+
+def measure(
+    model, cfg: RunConfig, data: Dataset, grad_x: Tensor, epoch: int, final: bool, objective=None
+) -> dict[str, float]:
     """The scheduled measurements: the gap decomposition on a fixed test subset, and gradient
-    variance/SNR of the run's objective (and of ``grad_objectives`` x ``grad_ks``) on a fixed
-    training batch, all at the current parameters."""
+    variance/SNR of the run's objective (``objective``, the run's instance, trained parameters
+    included; and of ``grad_objectives`` x ``grad_ks``) on a fixed training batch, all at the
+    current parameters. A trainable objective of ``grad_objectives`` is built fresh and its own
+    parameters fitted first, the model frozen (``grad_fit_steps`` steps on training batches:
+    ``bench.objectives.fit``). Skipped measurements (:func:`skipped_measurements`) are not made."""
     out: dict[str, float] = {}
-    if final or epoch in cfg.gap_epochs:
+    skip = skipped_measurements(cfg, type(model))
+    if "gaps" not in skip and (final or epoch in cfg.gap_epochs):
         g = metrics.gaps(
             model, data.test[: cfg.gap_size], k_eval=cfg.gap_k or cfg.eval_k, local_steps=cfg.gap_steps
         )
         out.update({f"gap/{key}": v.mean().item() for key, v in g.items()})
-    if final or epoch in cfg.grad_epochs:
-        own = metrics.gradient_stats(model, grad_x, objectives.build(cfg.objective), n=cfg.grad_draws, k=cfg.k)
+    if "grad" not in skip and (final or epoch in cfg.grad_epochs):
+        if objective is None:
+            objective = objectives.build(cfg.objective, **cfg.objective_options.get(cfg.objective, {}))
+        own = metrics.gradient_stats(model, grad_x, objective, n=cfg.grad_draws, k=cfg.k)
         out.update({f"grad/{key}": v for key, v in own.items()})
         vcls = type(model)
         for name in cfg.grad_objectives:
             if not objectives.applies_to(name, vcls):
                 continue
             for k in cfg.grad_ks or [cfg.k]:
-                s = metrics.gradient_stats(model, grad_x, objectives.build(name), n=cfg.grad_draws, k=k)
+                other = objectives.build(name, **cfg.objective_options.get(name, {}))
+                if isinstance(other, nn.Module):  # trainable: brought to its working point first
+                    other.to(grad_x.device)
+                    objectives.fit(other, model, _fit_batches(data, cfg, grad_x.device), k, cfg.grad_fit_steps)
+                s = metrics.gradient_stats(model, grad_x, other, n=cfg.grad_draws, k=k)
                 out.update({f"grad/{name}/k{k}/{key}": v for key, v in s.items()})
     return out
 
@@ -131,8 +195,13 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     model = build_model(cfg, data).to(device)
-    objective = objectives.build(cfg.objective)
+    objective = objectives.build(cfg.objective, **cfg.objective_options.get(cfg.objective, {}))
+    own_optimizer = None
+    if isinstance(objective, nn.Module):  # a trainable objective: its parameters, its optimizer
+        objective.to(device)
+        own_optimizer = objective.optimizer(cfg.lr)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    skip = skipped_measurements(cfg, type(model))
 
     train = data.train[: cfg.train_size] if cfg.train_size else data.train
     test = data.test[: cfg.test_size] if cfg.test_size else data.test
@@ -152,7 +221,8 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
         t0 = time.perf_counter()
         for i in range(0, n, bs):
             model.on_train_step(step)
-            total += train_step(model, objective, optimizer, x_epoch[perm[i : i + bs]], cfg.k)
+            beta = kl_weight(cfg, step, math.ceil(n / bs))
+            total += train_step(model, objective, optimizer, x_epoch[perm[i : i + bs]], cfg.k, own_optimizer, beta)
             step += 1
         sync(device)
         dt = time.perf_counter() - t0
@@ -168,8 +238,10 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
         model.eval()
         val = evaluate_elbo(model, data.val, cfg.val_k)
         row = {"train/loss": -train_bound, "val/elbo": val["elbo"], "train/examples_per_s": n / dt}
+        if cfg.kl_warmup_epochs:
+            row["train/kl_weight"] = kl_weight(cfg, step - 1, math.ceil(n / bs)) or 1.0
         if epoch < cfg.epochs:
-            row.update(measure(model, cfg, data, grad_x, epoch, final=False))
+            row.update(measure(model, cfg, data, grad_x, epoch, final=False, objective=objective))
         log(row, epoch)
         progress(f"epoch {epoch:>3}/{cfg.epochs}  train {train_bound:9.3f}  val/elbo {val['elbo']:9.3f}  {n / dt:10,.0f} ex/s")
 
@@ -180,15 +252,20 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
     final.update({"test/elbo": t["elbo"], "test/recon": t["recon"], "test/kl": t["kl"]})
     sync(device)
     t0 = time.perf_counter()
-    log_px = metrics.log_likelihood(model, test, k=cfg.eval_k, chunk=cfg.eval_chunk)
+    eval_k = 1 if "log_px" in skip else cfg.eval_k  # the throughput is still measured (one sample)
+    log_px = metrics.log_likelihood(model, test, k=eval_k, chunk=cfg.eval_chunk)
     sync(device)
     eval_s = time.perf_counter() - t0
-    final["test/log_px"] = log_px.mean().item()
+    if "log_px" not in skip:
+        final["test/log_px"] = log_px.mean().item()
     if hasattr(model, "exact_log_marginal"):  # the oracle: the estimate's error is visible
         with torch.no_grad():
             final["test/exact_log_px"] = model.exact_log_marginal(test).mean().item()
-    final["test/active_units"] = float(metrics.active_units(model, test))
-    final.update(measure(model, cfg, data, grad_x, cfg.epochs, final=True))
+    if hasattr(model, "codebook_perplexity"):  # VQ-VAE: the effective number of codes used
+        final["test/codebook_perplexity"] = model.codebook_perplexity(test)
+    if "active_units" not in skip:
+        final["test/active_units"] = float(metrics.active_units(model, test))
+    final.update(measure(model, cfg, data, grad_x, cfg.epochs, final=True, objective=objective))
     final.update(
         {
             "perf/train_examples_per_s": timed_n / timed_s,
@@ -201,5 +278,6 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
     log(final, cfg.epochs)
     if bad:
         raise NonFiniteLoss(f"run {cfg.run_name}: non-finite final metric(s) {', '.join(bad)}")
-    progress(f"test/elbo {final['test/elbo']:.3f}  test/log_px {final['test/log_px']:.3f}  ({len(test) / eval_s:,.0f} eval ex/s)")
+    log_px_msg = f"test/log_px {final['test/log_px']:.3f}" if "test/log_px" in final else "test/log_px skipped"
+    progress(f"test/elbo {final['test/elbo']:.3f}  {log_px_msg}  ({len(test) / eval_s:,.0f} eval ex/s)")
     return RunResult(model=model, final=final)

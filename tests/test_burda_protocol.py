@@ -15,7 +15,8 @@ from bench.errors import ConfigError
 from tests.conftest import TINY, run_cli
 from variants.base import Decoder
 
-BERNOULLI_DECODERS = ["vanilla", "iwae", "planar-flow", "iaf", "hierarchical", "ladder", "gumbel-softmax"]
+BERNOULLI_DECODERS = ["vanilla", "iwae", "planar-flow", "iaf", "hierarchical", "ladder", "gumbel-softmax", "bernoulli"]
+CONV_DECODERS = ["vq-vae"]  # on images its decoder ends in a transposed convolution: a clear error
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +24,18 @@ def digits():
     return data.load("digits", binarization="static")
 
 
+@pytest.mark.parametrize("variant", CONV_DECODERS)
+def test_init_decoder_bias_refuses_a_convolutional_output_layer(variant, digits):
+    with pytest.raises(ConfigError, match="output layer is linear"):
+        train.build_model(RunConfig(variant=variant, init_decoder_bias=True, latent_dim=4, hidden=[16]), digits)
+
+
 @pytest.mark.parametrize("variant", BERNOULLI_DECODERS)
 def test_init_decoder_bias_is_the_maximum_likelihood_bias(variant, digits):
     """With the output weights at zero, ``sigmoid(b) = mean`` maximizes the training set's
     Bernoulli log-likelihood sum_n x_n b - softplus(b): its gradient in b vanishes (pixels whose
     mean is clipped at 1e-3 or 1 - 1e-3 excepted)."""
-    assert set(BERNOULLI_DECODERS) == {v for v in variants.available() if v != "linear-gaussian"}
+    assert set(BERNOULLI_DECODERS + CONV_DECODERS) == {v for v in variants.available() if v != "linear-gaussian"}
     cfg = RunConfig(variant=variant, init_decoder_bias=True, latent_dim=4, hidden=[16])
     model = train.build_model(cfg, digits)
     (dec,) = [m for m in model.modules() if isinstance(m, Decoder)]

@@ -58,7 +58,9 @@ def test_registered_with_declared_contract():
     assert recon.shape == (4, X_DIM) and ((recon > 0) & (recon < 1)).all()  # Bernoulli means
     # latent_dim is accepted and ignored: the code size is n_latent * n_classes
     assert model.code_dim == N_LAT * N_CLS
-    assert set(objectives.applicable(cls)) == {"gumbel-softmax", "st-gumbel", "reinforce", "vimco"}
+    assert set(objectives.applicable(cls)) == {
+        "gumbel-softmax", "st-gumbel", "concrete", "reinforce", "rloo", "nvil", "vimco"
+    }
     with pytest.raises(objectives.NotApplicableError, match="discrete"):
         objectives.check_applies("elbo", cls)
 

@@ -41,6 +41,7 @@ from torch.distributions import Distribution, Independent, Normal, TransformedDi
 from torch.func import functional_call
 
 from variants.nets import mlp
+from variants.registry import VariantConfigError
 
 MODES = ("reparam", "stop-q", "score", "relaxed", "straight-through")
 
@@ -83,7 +84,11 @@ class VAE(nn.Module):
       for the gap decomposition (the ELBO for reparameterizable families);
     * ``q_determined_by_params``: ``lambda = variational_params(x)`` fixes ``q(z | x)`` entirely
       (no inference weights act after it, as in a two-layer ``q(z2 | z1)`` network). DReG needs it:
-      its per-path weights are applied to the gradient that reaches ``lambda``.
+      its per-path weights are applied to the gradient that reaches ``lambda``;
+    * ``deterministic_q``: ``q(z | x)`` is a point mass (VQ-VAE): ``log_weights`` repeats one value;
+    * ``not_applicable``: measurements that do not apply to the variant, each with the reason
+      (``"log_px"``, ``"gaps"``, ``"grad"``, ``"active_units"``): the training loop skips them and
+      the run records the reason (``bench.train.skipped_measurements``), never a NaN.
     """
 
     name: ClassVar[str] = "?"
@@ -94,6 +99,8 @@ class VAE(nn.Module):
     eval_mode: ClassVar[str] = "reparam"
     local_objective: ClassVar[str] = "elbo"
     q_determined_by_params: ClassVar[bool] = True
+    deterministic_q: ClassVar[bool] = False
+    not_applicable: ClassVar[dict[str, str]] = {}
 
     def __init__(self, x_shape: tuple[int, ...], likelihood: str) -> None:
         super().__init__()
@@ -196,7 +203,13 @@ class Decoder(nn.Module):
         """Output bias := the data mean ``x_mean [D]`` as this likelihood parametrizes it:
         ``logit(clip(x_mean, 1e-3, 1 - 1e-3))`` (Bernoulli; Burda et al. 2016's code) or the
         mean itself (Gaussian). At initialization the decoder then predicts the mean image."""
-        last = [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1]
+        layers = [m for m in self.net.modules() if isinstance(m, (nn.Linear, nn.ConvTranspose2d))]
+        if not layers or not isinstance(layers[-1], nn.Linear):
+            raise VariantConfigError(
+                "init_decoder_bias needs a decoder whose output layer is linear (one bias per pixel); "
+                "this one ends in a convolution"
+            )
+        last = layers[-1]
         mean = x_mean.to(last.bias)
         last.bias.copy_(torch.logit(mean.clamp(clip, 1 - clip)) if self.likelihood == "bernoulli" else mean)
 

@@ -27,9 +27,19 @@ In every mode ``log_pz`` and ``log_qz`` are the categorical log-probabilities of
 :class:`CategoricalTerms` adds ``log_px_z_hard = log p(x | H)`` (detached, ``[k, B]``): with it an
 objective logs the discrete ELBO at the hard argmax of the same perturbation (an exact sample).
 
+In ``"relaxed"`` mode it also holds the relaxed densities of Maddison, Mnih & Teh (2017) at the
+log-space sample ``s_i = log_softmax((log pi_i + g_i) / tau)`` (``y = exp s``; the KL is the same
+in either space, and log space is the stable one): ``log_qz_relaxed = sum_i log ExpConcrete(s_i;
+pi_i, tau)`` and ``log_pz_relaxed = sum_i log ExpConcrete(s_i; uniform, lambda)``, ``lambda =
+prior_tau`` (``0``: the posterior's ``tau``), with
+
+    log ExpConcrete(s; alpha, tau) = log (c-1)! + (c-1) log tau + sum_c (log alpha_c - tau s_c)
+                                     - c logsumexp_c (log alpha_c - tau s_c).
+
 Temperature: ``tau = max(tau_min, tau0 * exp(-anneal_rate * t))``, recomputed every
 ``anneal_every`` optimizer steps in :meth:`on_train_step` (Jang et al.: r ~ 1e-5..1e-4, update
-every 500-1000 steps, tau_min = 0.5). ``tau`` is a buffer, so it is saved with the weights.
+every 500-1000 steps, tau_min = 0.5; :class:`AnnealedTemperature`, shared with the binary
+variant). ``tau`` is a buffer, so it is saved with the weights.
 """
 
 from __future__ import annotations
@@ -54,6 +64,41 @@ class CategoricalTerms(LogWeightTerms):
     sample ``H`` behind every relaxed / straight-through sample (``[k, B]``, detached)."""
 
     log_px_z_hard: Tensor | None = None
+    log_qz_relaxed: Tensor | None = None  # [k, B], "relaxed" mode: log q_tau(s | x) of the relaxed sample
+    log_pz_relaxed: Tensor | None = None  # [k, B], "relaxed" mode: log p_lambda(s), the relaxed prior
+
+
+class AnnealedTemperature:
+    """The relaxation temperature of a discrete variant and its schedule (Jang et al. 2017):
+    ``tau = max(tau_min, tau0 * exp(-anneal_rate * t))``, recomputed every ``anneal_every``
+    optimizer steps in :meth:`on_train_step`. ``tau`` is a buffer, saved with the weights."""
+
+    def init_temperature(self, tau0: float, tau_min: float, anneal_rate: float, anneal_every: int) -> None:
+        if not (0 < tau_min <= tau0) or anneal_rate < 0 or anneal_every < 1:
+            raise VariantConfigError(
+                f"{self.name} needs 0 < tau_min <= tau0, anneal_rate >= 0 and anneal_every >= 1"
+            )
+        self.tau0, self.tau_min = float(tau0), float(tau_min)
+        self.anneal_rate, self.anneal_every = float(anneal_rate), int(anneal_every)
+        self.register_buffer("tau", torch.tensor(self.tau0))
+
+    def temperature(self, step: int) -> float:
+        """``max(tau_min, tau0 exp(-r t))`` at ``t`` = the last multiple of ``anneal_every`` <= step."""
+        t = step - step % self.anneal_every
+        return max(self.tau_min, self.tau0 * math.exp(-self.anneal_rate * t))
+
+    def on_train_step(self, step: int) -> None:
+        if step % self.anneal_every == 0:
+            self.tau.fill_(self.temperature(step))
+
+
+def exp_concrete_log_prob(s: Tensor, log_alpha: Tensor, tau: float | Tensor) -> Tensor:
+    """``log ExpConcrete(s; alpha, tau)`` over the last axis (Maddison et al. 2017, appendix),
+    for ``s`` with ``logsumexp(s) = 0``; ``log_alpha`` unnormalized logits, broadcast."""
+    c = s.shape[-1]
+    tau = torch.as_tensor(tau, dtype=s.dtype, device=s.device)
+    a = log_alpha - tau * s
+    return math.lgamma(c) + (c - 1) * tau.log() + a.sum(-1) - c * torch.logsumexp(a, -1)
 
 
 def gumbel_noise(shape: Sequence[int], like: Tensor) -> Tensor:
@@ -82,7 +127,7 @@ def gumbel_softmax_sample(
 
 
 @register("gumbel-softmax")
-class GumbelSoftmaxVAE(VAE):
+class GumbelSoftmaxVAE(AnnealedTemperature, VAE):
     latent = "discrete"
     modes = frozenset({"score", "relaxed", "straight-through"})
     eval_mode = "score"
@@ -103,35 +148,23 @@ class GumbelSoftmaxVAE(VAE):
         tau_min: float = 0.5,
         anneal_rate: float = 3e-5,
         anneal_every: int = 1000,
+        prior_tau: float = 0.0,
     ) -> None:
         """``latent_dim`` is ignored (see the module docstring); the code is ``n_latent`` one-hot
-        vectors of ``n_classes``; the temperature schedule is ``max(tau_min, tau0 exp(-r t))``."""
+        vectors of ``n_classes``; the temperature schedule is ``max(tau_min, tau0 exp(-r t))``;
+        ``prior_tau`` the relaxed prior's temperature (``0``: ``tau``), used by ``concrete``."""
         super().__init__(x_shape, likelihood)
-        if n_latent < 1 or n_classes < 2:
+        if n_latent < 1 or n_classes < 2 or prior_tau < 0:
             raise VariantConfigError(
-                f"gumbel-softmax needs n_latent >= 1 and n_classes >= 2, got {n_latent}, {n_classes}"
-            )
-        if not (0 < tau_min <= tau0) or anneal_rate < 0 or anneal_every < 1:
-            raise VariantConfigError(
-                "gumbel-softmax needs 0 < tau_min <= tau0, anneal_rate >= 0 and anneal_every >= 1"
+                f"gumbel-softmax needs n_latent >= 1, n_classes >= 2 and prior_tau >= 0, "
+                f"got {n_latent}, {n_classes}, {prior_tau}"
             )
         self.n_latent, self.n_classes = int(n_latent), int(n_classes)
         self.code_dim = self.n_latent * self.n_classes
-        self.tau0, self.tau_min = float(tau0), float(tau_min)
-        self.anneal_rate, self.anneal_every = float(anneal_rate), int(anneal_every)
-        self.register_buffer("tau", torch.tensor(self.tau0))
+        self.prior_tau = float(prior_tau)
+        self.init_temperature(tau0, tau_min, anneal_rate, anneal_every)
         self.encoder = mlp(self.x_dim, hidden, self.code_dim, activation)
         self.decoder = Decoder.mirrored(self.code_dim, hidden, self.x_dim, likelihood, activation)
-
-    # -- schedule --------------------------------------------------------------------------------
-    def temperature(self, step: int) -> float:
-        """``max(tau_min, tau0 exp(-r t))`` at ``t`` = the last multiple of ``anneal_every`` <= step."""
-        t = step - step % self.anneal_every
-        return max(self.tau_min, self.tau0 * math.exp(-self.anneal_rate * t))
-
-    def on_train_step(self, step: int) -> None:
-        if step % self.anneal_every == 0:
-            self.tau.fill_(self.temperature(step))
 
     # -- the contract ----------------------------------------------------------------------------
     def variational_params(self, x: Tensor) -> Tensor:
@@ -162,12 +195,17 @@ class GumbelSoftmaxVAE(VAE):
         x = flat(x)
         lam = self.variational_params(x) if params is None else params
         log_p = self.log_probs(lam)  # [B, n, c]
-        hard, relaxed, st = gumbel_softmax_sample(log_p, self.tau, k)  # [k, B, n, c]
+        g = gumbel_noise((k, *log_p.shape), log_p)
+        hard, relaxed, st = gumbel_softmax_sample(log_p, self.tau, noise=g)  # [k, B, n, c]
         z = {"score": hard, "relaxed": relaxed, "straight-through": st}[mode]
         log_px_z = self.decoder(z.flatten(-2)).log_prob(x)
+        log_qz_relaxed = log_pz_relaxed = None
         if mode == "relaxed":
             with torch.no_grad():
                 log_px_z_hard = self.decoder(hard.flatten(-2)).log_prob(x)
+            s = torch.log_softmax((log_p + g) / self.tau, -1)  # log of the relaxed sample
+            log_qz_relaxed = exp_concrete_log_prob(s, log_p, self.tau).sum(-1)
+            log_pz_relaxed = exp_concrete_log_prob(s, torch.zeros_like(s), self.prior_tau or self.tau).sum(-1)
         else:  # the forward value of z is the hard sample itself
             log_px_z_hard = log_px_z.detach()
         n_log_c = self.n_latent * math.log(self.n_classes)
@@ -177,6 +215,8 @@ class GumbelSoftmaxVAE(VAE):
             log_qz=(hard * log_p).sum((-1, -2)),
             kl=(log_p.exp() * log_p).sum((-1, -2)) + n_log_c,
             log_px_z_hard=log_px_z_hard,
+            log_qz_relaxed=log_qz_relaxed,
+            log_pz_relaxed=log_pz_relaxed,
         )
 
     @torch.no_grad()

@@ -6,7 +6,13 @@ from collections.abc import Sequence
 
 from torch import nn
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus}
+
+def _leaky_relu() -> nn.Module:
+    """LeakyReLU with slope 0.3 (Keras' default, the DisARM code's binary VAE)."""
+    return nn.LeakyReLU(0.3)
+
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus, "leaky_relu": _leaky_relu}
 
 
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "tanh") -> nn.Sequential:

@@ -1,27 +1,54 @@
-"""The pathwise bounds: the ELBO and the IWAE bound.
+"""The pathwise bounds: the ELBO and the IWAE bound, and the KL warm-up helper every ELBO-type
+objective uses.
 
 Shapes: ``x`` is ``[B, D]``, ``model.terms(x, k)`` returns ``[k, B]`` tensors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
 from bench.objectives.registry import Estimate, register
+from variants.base import LogWeightTerms
 
 
-@register("elbo", modes=("reparam",))
-def elbo(model, x, k: int = 1, params=None) -> Estimate:
+def anneal(t: LogWeightTerms, kl_weight: float) -> LogWeightTerms:
+    """The terms of the warm-up objective ``E_q[log p(x | z)] - beta KL`` (``beta = kl_weight``):
+    ``log p(z)``, ``log q(z | x)`` and the closed-form ``kl`` multiplied by ``beta``, so that
+    ``log w_beta = log p(x | z) + beta (log p(z) - log q(z | x))``. For pathwise surrogates only:
+    a score-function estimator must keep ``grad log q`` itself unscaled (it is the score, not a
+    term of the objective), see ``bench.objectives.continuous.score_function_estimate``. The
+    identity at ``beta = 1``."""
+    if kl_weight == 1.0:
+        return t
+    return dataclasses.replace(
+        t,
+        log_pz=kl_weight * t.log_pz,
+        log_qz=kl_weight * t.log_qz,
+        kl=None if t.kl is None else kl_weight * t.kl,
+    )
+
+
+def elbo_of(t: LogWeightTerms) -> torch.Tensor:
+    """``(1/k) sum_j log p(x | z_j) - KL`` when the KL is analytic, else ``(1/k) sum_j log w_j``: ``[B]``."""
+    return t.log_px_z.mean(0) - t.kl if t.kl is not None else t.log_w.mean(0)
+
+
+@register("elbo", modes=("reparam",), warmup=True)
+def elbo(model, x, k: int = 1, params=None, kl_weight: float = 1.0) -> Estimate:
     """ELBO, reparameterized (Kingma & Welling 2014); closed-form KL where the variant has one.
 
     L(x) = E_q[log p(x | z)] - KL(q(z | x) || p(z)), estimated with k samples:
     (1/k) sum_j log p(x | z_j) - KL when the KL is analytic, else (1/k) sum_j log w_j.
+    Warm-up (``kl_weight = beta < 1``): the surrogate is minus the same estimate of
+    ``E_q[log p(x | z)] - beta KL``; the value stays L(x).
     """
     t = model.terms(x, k, params=params, mode="reparam")
-    bound = t.log_px_z.mean(0) - t.kl if t.kl is not None else t.log_w.mean(0)
-    return Estimate(value=bound.detach(), surrogate=-bound.mean())
+    bound = elbo_of(t)
+    return Estimate(value=bound.detach(), surrogate=-elbo_of(anneal(t, kl_weight)).mean())
 
 
 def logmeanexp(a: torch.Tensor, dim: int = 0) -> torch.Tensor:

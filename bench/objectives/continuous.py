@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bench.objectives.basic import logmeanexp
+from bench.objectives.basic import anneal, logmeanexp
 from bench.objectives.registry import Estimate, register
 from variants.base import LogWeightTerms, flat
 
@@ -47,8 +47,8 @@ def dreg(model, x, k: int = 5, params=None) -> Estimate:
     return Estimate(value=logmeanexp(log_w.detach(), 0), surrogate=-(w * log_w).sum(0).mean())
 
 
-@register("stl", modes=("stop-q",))
-def stl(model, x, k: int = 1, params=None) -> Estimate:
+@register("stl", modes=("stop-q",), warmup=True)
+def stl(model, x, k: int = 1, params=None, kl_weight: float = 1.0) -> Estimate:
     """ELBO with the sticking-the-landing gradient (Roeder, Wu & Duvenaud 2017).
 
     Value: the ELBO estimate ``(1/k) sum_j log w_j``. Gradient: that of the same expression with
@@ -56,11 +56,11 @@ def stl(model, x, k: int = 1, params=None) -> Estimate:
     without the score term ``-grad_phi log q(z | x)|_z``, whose expectation is zero: unbiased for
     the ELBO gradient, and zero-variance when q equals the posterior. ``k > 1`` averages ``k``
     such single-sample estimates (the ELBO, not the IWAE bound: for the IWAE bound use ``dreg``,
-    since dropping the score term of L_k biases its gradient).
+    since dropping the score term of L_k biases its gradient). Warm-up: the same with
+    ``log w_beta = log p(x | z) + beta (log p(z) - log q(z | x))`` (its score term has mean 0 too).
     """
-    log_w = model.terms(x, k, params=params, mode="stop-q").log_w
-    bound = log_w.mean(0)
-    return Estimate(value=bound.detach(), surrogate=-bound.mean())
+    t = model.terms(x, k, params=params, mode="stop-q")
+    return Estimate(value=t.log_w.mean(0).detach(), surrogate=-anneal(t, kl_weight).log_w.mean(0).mean())
 
 
 def loo_baseline(f: Tensor) -> Tensor:
@@ -82,36 +82,46 @@ def loo_baseline(f: Tensor) -> Tensor:
     return torch.zeros_like(f)
 
 
-def score_function_estimate(t: LogWeightTerms) -> Estimate:
+def learning_signal(t: LogWeightTerms, kl_weight: float = 1.0) -> tuple[Tensor, Tensor]:
+    """``(f, model_term)`` of a score-function estimator of ``E_q[f]`` from ``terms(mode="score")``
+    (``[k, B]`` each), without a closed-form KL: ``f = log p(x | z) + beta (log p(z) - log q(z | x))``
+    (``log w`` at ``beta = 1``; ``beta < 1`` is the KL warm-up), and the part whose pathwise gradient
+    the generative parameters get, ``log p(x | z) + beta log p(z)`` (the ``-beta grad log q`` term of
+    ``grad f`` is dropped: its expectation is 0)."""
+    return t.log_px_z + kl_weight * (t.log_pz - t.log_qz), t.log_px_z + kl_weight * t.log_pz
+
+
+def score_function_estimate(t: LogWeightTerms, kl_weight: float = 1.0) -> Estimate:
     """REINFORCE for the ELBO from ``terms(..., mode="score")`` (``z`` detached).
 
     With an analytic ``kl`` (categorical latents): ``ELBO = E_q[log p(x | z)] - KL``, learning
-    signal ``f = log p(x | z)``; otherwise ``ELBO = E_q[log w]``, ``f = log w``. Surrogate
-    (to minimize), averaged over ``j`` and the batch:
+    signal ``f = log p(x | z)``; otherwise ``ELBO = E_q[log w]``, ``f = log w``
+    (:func:`learning_signal`). Surrogate (to minimize), averaged over ``j`` and the batch:
 
         -[ (f_j - b_j) log q(z_j | x)  +  log p(x | z_j) + log p(z_j) ]  (+ KL when analytic)
 
     so phi gets ``(f - b) grad log q`` (the score-function estimator, ``b`` from
     :func:`loo_baseline`; with ``f = log w`` the ``-grad log q`` term of ``grad log w`` is dropped,
     its expectation being 0) and theta gets its usual gradient ``grad_theta log p(x, z)``.
+    Warm-up (``kl_weight = beta``): ``beta KL``, resp. ``f`` and the model term of
+    :func:`learning_signal`; the score ``grad log q`` itself is never scaled.
     """
     if t.kl is not None:
         f = t.log_px_z
         bound = f.mean(0) - t.kl
         model_term = t.log_px_z
     else:
-        f = t.log_w
-        bound = f.mean(0)
-        model_term = t.log_px_z + t.log_pz
+        bound = t.log_w.mean(0)
+        f, model_term = learning_signal(t, kl_weight)
     signal = f.detach() - loo_baseline(f)
     surrogate = -(signal * t.log_qz + model_term).mean(0)
     if t.kl is not None:
-        surrogate = surrogate + t.kl
+        surrogate = surrogate + kl_weight * t.kl
     return Estimate(value=bound.detach(), surrogate=surrogate.mean())
 
 
-@register("score-function", modes=("score",))
-def score_function(model, x, k: int = 1, params=None) -> Estimate:
+@register("score-function", modes=("score",), warmup=True)
+def score_function(model, x, k: int = 1, params=None, kl_weight: float = 1.0) -> Estimate:
     """ELBO with the score-function (REINFORCE) encoder gradient and a leave-one-out baseline.
 
     Value: the ELBO estimate ``(1/k) sum_j log w_j``. The estimator the reparameterization trick
@@ -119,4 +129,4 @@ def score_function(model, x, k: int = 1, params=None) -> Estimate:
     reference point; see :func:`score_function_estimate` and :func:`loo_baseline` (over the ``k``
     samples of an example if ``k >= 2``, else over the other examples of the batch).
     """
-    return score_function_estimate(model.terms(x, k, params=params, mode="score"))
+    return score_function_estimate(model.terms(x, k, params=params, mode="score"), kl_weight)
