@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from bench import objectives
+from bench import objectives, snr
 
 DEFAULT_CHUNK = 2**16  # log-weights per forward pass: bounds the memory of every evaluation
 
@@ -159,6 +159,17 @@ def optimize_local(
             avg.zero_()
 
 
+@contextlib.contextmanager
+def common_random_numbers(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block with the global generators (CPU, and ``device`` if CUDA) seeded with
+    ``seed``, then put their previous states back: two blocks entered with the same seed draw the
+    same noise (common random numbers) and the caller's stream is left as if nothing was drawn."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        torch.manual_seed(seed)
+        yield
+
+
 def gaps(
     model: nn.Module,
     x: Tensor,
@@ -171,6 +182,7 @@ def gaps(
     window: int = 50,
     patience: int = 2,
     log_px: Tensor | None = None,
+    log_px_lower: Tensor | None = None,
     chunk: int = DEFAULT_CHUNK,
 ) -> dict[str, Tensor]:
     """The inference gap ``log p(x) - ELBO(q_enc)`` split into two parts, per example
@@ -179,39 +191,53 @@ def gaps(
         approximation = log p(x) - ELBO(q_local)       the family's limit (q* = best member),
         amortization  = ELBO(q_local) - ELBO(q_enc)     the encoder's shortfall from q*,
 
-    where ``q_enc`` has the encoder's parameters ``lambda(x) = model.variational_params(x)`` and
-    ``q_local`` free per-datapoint parameters initialized there and optimized with the model frozen
-    (:func:`optimize_local`: ``local_steps``, ``local_lr``, ``local_k``, ``tol``, ``window``).
-    Both ELBOs are ``mean_j log w_j`` over ``k_eval`` draws of ``model.log_weights(x, k,
-    params=...)``, so they are comparable whatever objective the variant trains or optimizes with.
-    ``log_px`` (``[B]``), if not given, is the IWAE estimate with ``k_eval`` samples from the same
-    draws, under the proposal (``q_enc`` or ``q_local``) with the higher ELBO per example, i.e. the
-    one closer to the posterior in ``KL(q || p(z|x))``; normally ``q_local``. (Choosing by the IWAE
-    values themselves would pick the upward Monte Carlo errors of a poor proposal.)
+    where ``q_enc`` has the encoder's parameters and ``q_local`` free per-datapoint parameters
+    initialized there and optimized with the model frozen (:func:`optimize_local`:
+    ``local_steps``, ``local_lr``, ``local_k``, ``tol``, ``window``). The parameters are
+    ``lambda(x) = model.local_params(x)`` where the variant defines it (the local family of a flow
+    whose networks act after ``variational_params``: one copy of them per datapoint), else
+    ``model.variational_params(x)``. Both ELBOs are ``mean_j log w_j`` over ``k_eval`` draws of
+    ``model.log_weights(x, k, params=...)``, so they are comparable whatever objective the variant
+    trains or optimizes with, and they use common random numbers (the same seed, so the same
+    base noise for both ``lambda``): their difference, the amortization gap, has far less Monte
+    Carlo noise than either ELBO.
 
-    ``elbo_local`` is the better of the optimized and the encoder's parameters per example (the
-    encoder's ``lambda`` is a feasible point of the local problem), so ``amortization >= 0``.
+    The encoder's ``lambda`` is a feasible point of the local problem: where the optimizer ended
+    no higher (a noisy score-function ascent on discrete logits can end below its start), the
+    best candidate found is the encoder's, so ``elbo_local = max(ELBO(q_local), ELBO(q_enc))`` and
+    ``amortization >= 0``; ``local_no_gain`` (``1.0`` / ``0.0`` per example) marks those examples.
+
+    ``log_px`` (``[B]``), if not given, is the IWAE estimate with ``k_eval`` samples under the
+    proposal that won the comparison above per example (``q_local`` where it gained, else
+    ``q_enc``), i.e. the one closer to the posterior in ``KL(q || p(z|x))``; choosing by the IWAE
+    values themselves would pick the upward Monte Carlo errors of a poor proposal. Since both come
+    from the same draws as the winning ELBO, ``approximation >= 0`` up to float rounding.
+    ``log_px_lower`` (``[B]``, optional): another stochastic lower bound of ``log p(x)`` per
+    example (annealed importance sampling, :func:`ais_log_likelihood`); the estimate is then the
+    larger of the two per example (Cremer et al. take the better of IWAE and AIS).
 
     Returns ``[B]`` tensors (detached) under keys ``log_px``, ``elbo_amortized``, ``elbo_local``,
-    ``approximation``, ``amortization``. Runs in eval mode.
+    ``approximation``, ``amortization``, ``local_no_gain``. Runs in eval mode.
     """
     with evaluating(model):
         with torch.no_grad():
-            lam_enc = model.variational_params(x)
+            lam_enc = getattr(model, "local_params", model.variational_params)(x)
         lam_local, _ = optimize_local(
             model, x, lam_enc, steps=local_steps, lr=local_lr, k=local_k, tol=tol,
             window=window, patience=patience,
         )
-        lse_enc, sum_enc = log_weight_moments(model, x, k_eval, params=lam_enc, chunk=chunk)
-        lse_loc, sum_loc = log_weight_moments(model, x, k_eval, params=lam_local, chunk=chunk)
-    elbo_amortized, elbo_local = sum_enc / k_eval, sum_loc / k_eval
-    # The encoder's lambda is itself a candidate of the local optimization: where the optimizer
-    # ended below it (a noisy score-function ascent on discrete logits can), the best candidate
-    # found is the encoder's, so amortization >= 0 by construction. The max of two k_eval-sample
-    # estimates biases elbo_local up by at most ~sd(log w) / sqrt(k_eval) where they are close.
-    elbo_local = torch.maximum(elbo_local, elbo_amortized)
+        seed = int(torch.randint(2**62, (), device="cpu"))
+        with common_random_numbers(seed, x.device):
+            lse_enc, sum_enc = log_weight_moments(model, x, k_eval, params=lam_enc, chunk=chunk)
+        with common_random_numbers(seed, x.device):
+            lse_loc, sum_loc = log_weight_moments(model, x, k_eval, params=lam_local, chunk=chunk)
+    elbo_amortized, elbo_optimized = sum_enc / k_eval, sum_loc / k_eval
+    gain = elbo_optimized > elbo_amortized  # chosen before the max, which makes it always true
+    elbo_local = torch.where(gain, elbo_optimized, elbo_amortized)
     if log_px is None:
-        log_px = torch.where(elbo_local >= elbo_amortized, lse_loc, lse_enc) - math.log(k_eval)
+        log_px = torch.where(gain, lse_loc, lse_enc) - math.log(k_eval)
+        if log_px_lower is not None:
+            log_px = torch.maximum(log_px, log_px_lower.to(log_px))
     log_px = log_px.detach().to(elbo_local.dtype)
     return {
         "log_px": log_px,
@@ -219,64 +245,14 @@ def gaps(
         "elbo_local": elbo_local,
         "approximation": log_px - elbo_local,
         "amortization": elbo_local - elbo_amortized,
+        "local_no_gain": (~gain).to(elbo_local.dtype),
     }
 
 
 # -- gradient variance and SNR -------------------------------------------------------------------
 
 _GROUPS = ("encoder", "decoder")
-
-
-class _Welford:
-    """Streaming per-coordinate mean and variance (Welford 1962), float64.
-
-    ``m2`` stays exactly 0 for a coordinate whose draws are all bit-identical (``delta == 0`` at
-    every update), so a deterministic gradient is recognized exactly rather than as rounding noise
-    of ``E[g^2] - E[g]^2``.
-    """
-
-    def __init__(self, numel: int, device: torch.device) -> None:
-        self.n = 0
-        self.mean = torch.zeros(numel, dtype=torch.float64, device=device)
-        self.m2 = torch.zeros(numel, dtype=torch.float64, device=device)
-        self.nonzero = torch.zeros(numel, dtype=torch.bool, device=device)
-
-    def update(self, g: Tensor) -> None:
-        g = g.to(torch.float64)
-        self.n += 1
-        delta = g - self.mean
-        self.mean += delta / self.n
-        self.m2 += delta * (g - self.mean)
-        self.nonzero |= g != 0
-
-
-def summarize_gradients(mean: Tensor, var: Tensor, nonzero: Tensor) -> tuple[float, float]:
-    """The pure core of :func:`gradient_stats`: per-coordinate moments -> ``(mean var, mean SNR)``.
-
-    ``mean``, ``var`` (unbiased, over draws) and ``nonzero`` (some draw was nonzero) are ``[P]``.
-
-    * Coordinates whose gradient is identically zero in every draw (unused parameters, a group the
-      objective does not reach) carry no information about the estimator and are left out of both
-      averages.
-    * Variance: the mean of ``var`` over the remaining (live) coordinates.
-    * SNR: ``|mean| / std`` averaged over the live coordinates with ``std > 0``. A live coordinate
-      with ``std == 0`` is deterministic (infinite SNR); it is left out of the average so that one
-      such coordinate does not turn the group's SNR into ``inf``. If *every* live coordinate is
-      deterministic, the SNR is ``inf``.
-    * A group with no live coordinate at all (no gradient reaches it) reports variance ``0.0`` and
-      SNR ``0.0`` ("no signal"), never NaN.
-    """
-    live = nonzero
-    if not bool(live.any()):
-        return 0.0, 0.0
-    v = var[live]
-    mean_var = float(v.mean())
-    std = v.sqrt()
-    stochastic = std > 0
-    if not bool(stochastic.any()):
-        return mean_var, math.inf
-    snr = mean[live][stochastic].abs() / std[stochastic]
-    return mean_var, float(snr.mean())
+GRADIENT_STATS = ("var", "snr", "snr_lo", "snr_hi", "snr_floor", "snr_ratio")  # per group, see bench.snr
 
 
 def gradient_stats(
@@ -290,21 +266,28 @@ def gradient_stats(
 
     Draws ``g_1..g_n``, each the gradient of ``objective(model, x, k).surrogate`` with respect to
     the model's parameters, with fresh randomness (one backward each) on the *fixed* batch ``x``.
-    Per parameter coordinate ``c``: ``mean_c = (1/n) sum_i g_ic`` and the unbiased variance
-    ``var_c``; then per group of ``model.parameter_groups()`` (``encoder``, ``decoder``):
+    Per parameter coordinate ``c``: the mean ``m_c`` and unbiased variance ``s_c^2`` of the draws;
+    then per group of ``model.parameter_groups()`` (``encoder``, ``decoder``), over the live
+    coordinates (identically zero ones are left out), ``bench.snr.summarize`` gives
 
-        {group}_var = mean_c var_c,     {group}_snr = mean_c |mean_c| / sqrt(var_c)
+        {group}_var        mean_c s_c^2
+        {group}_snr        mean_c |E g_c| / sd(g_c) (Rainforth et al. 2018), estimated with the
+                           finite-n noise floor removed per coordinate (an empirical-Bayes
+                           deconvolution of t_c = sqrt(n) m_c / s_c, see bench.snr)
+        {group}_snr_lo/hi  its 95% interval (jackknife over 10 groups of draws, plus the
+                           deconvolution's bias allowance)
+        {group}_snr_floor  what the plug-in mean_c |m_c| / s_c reads at zero signal for this n
+                           (about sqrt(2 / (pi n)))
+        {group}_snr_ratio  mean_c E[g_c]^2 / mean_c Var g_c, the squared-SNR ratio of averages of
+                           the official DReG code (Tucker et al. 2019), E[g_c]^2 = m_c^2 - s_c^2/n
 
-    (Rainforth et al. 2018, "Tighter variational bounds are not necessarily better"), over the live
-    coordinates as :func:`summarize_gradients` defines them (identically zero coordinates are left
-    out; a deterministic gradient gives ``inf``, never NaN).
-
+    A deterministic gradient gives ``inf`` SNRs, a group no gradient reaches 0 (never NaN).
     The surrogate is a mean over the batch, so for i.i.d. examples the variance falls as ``1/B``.
     ``objective`` is a registered name (a fresh instance from ``bench.objectives.build``) or such a
     callable ``(model, x, k, params=None) -> Estimate``. Gradients are taken with
     ``torch.autograd.grad``: the parameters' ``.grad`` are untouched, and the model's buffers
     (running statistics a forward pass in training mode may update) are restored afterwards.
-    Returns ``{"encoder_var", "encoder_snr", "decoder_var", "decoder_snr"}`` as floats.
+    Returns ``{f"{group}_{stat}"}`` for the groups and :data:`GRADIENT_STATS`, as floats.
     """
     if n < 2:
         raise ValueError(f"gradient_stats needs n >= 2 draws for a variance, got {n}")
@@ -316,7 +299,7 @@ def gradient_stats(
     params = [p for g in _GROUPS for p in groups[g]]
     device = params[0].device if params else x.device
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    stats = _Welford(sum(p.numel() for p in params), device)
+    stats = snr.GradientMoments(sum(p.numel() for p in params), device)
     try:
         for _ in range(n):
             surrogate = objective(model, x, k).surrogate
@@ -329,15 +312,12 @@ def gradient_stats(
         with torch.no_grad():
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])
-    var = stats.m2 / (stats.n - 1)
     out: dict[str, float] = {}
     start = 0
     for group in _GROUPS:
         size = sum(p.numel() for p in groups[group])
-        sl = slice(start, start + size)
-        out[f"{group}_var"], out[f"{group}_snr"] = summarize_gradients(
-            stats.mean[sl], var[sl], stats.nonzero[sl]
-        )
+        summary = snr.summarize(stats, slice(start, start + size))
+        out.update({f"{group}_{stat}": summary[stat] for stat in GRADIENT_STATS})
         start += size
     return out
 
