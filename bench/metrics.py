@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from bench import objectives, snr
+from bench import ais, objectives, snr
 
 DEFAULT_CHUNK = 2**16  # log-weights per forward pass: bounds the memory of every evaluation
 
@@ -422,6 +422,13 @@ def active_units(
     with evaluating(model):
         means, mc_var = posterior_means(model, x, n_samples)
     return count_active(means, threshold, mc_var)
+
+
+# -- annealed importance sampling and bidirectional Monte Carlo (bench.ais) ------------------------
+
+ais_log_likelihood = ais.ais_log_likelihood
+bdmc = ais.bdmc
+ais_unsupported = ais.unsupported
 
 
 # -- throughput ------------------------------------------------------------------------------------
