@@ -359,22 +359,22 @@ def _sample_moments(z: Tensor) -> tuple[Tensor, Tensor]:
     return z.mean(0), z.var(0) / z.shape[0]
 
 
-def _posterior_means(model: nn.Module, x: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """One batch of :func:`posterior_means`: ``(means [B, U], variance of each mean [B, U])``."""
+def _posterior_means(model: nn.Module, x: Tensor, n: int) -> list[tuple[Tensor, Tensor]]:
+    """One batch of :func:`posterior_means`, per stochastic layer: ``[(means [B, U_l], variance of
+    each mean [B, U_l])]``."""
     B = x.shape[0]
     if callable(getattr(model, "encode", None)):
         q = model.encode(x)
         try:
             m = q.mean.reshape(B, -1)
-            return m, torch.zeros_like(m)
+            return [(m, torch.zeros_like(m))]
         except NotImplementedError:
-            return _sample_moments(q.sample((n,)))
+            return [_sample_moments(q.sample((n,)))]
     if callable(getattr(model, "posterior_sample", None)):
-        moments = [_sample_moments(z) for z in _latent_tensors(model.posterior_sample(x, n))]
-        return torch.cat([m for m, _ in moments], -1), torch.cat([v for _, v in moments], -1)
+        return [_sample_moments(z) for z in _latent_tensors(model.posterior_sample(x, n))]
     if callable(getattr(model, "log_probs", None)):
         m = model.log_probs(model.variational_params(x)).exp().reshape(B, -1)
-        return m, torch.zeros_like(m)
+        return [(m, torch.zeros_like(m))]
     raise NotImplementedError(
         f"active_units needs E_q[z|x] from variant {getattr(model, 'name', type(model).__name__)!r}: "
         "give it encode(x), posterior_sample(x, k) or (discrete latents) log_probs(params)"
@@ -383,8 +383,8 @@ def _posterior_means(model: nn.Module, x: Tensor, n: int) -> tuple[Tensor, Tenso
 
 @torch.no_grad()
 def posterior_means(
-    model: nn.Module, x: Tensor, n_samples: int = 1000, chunk: int = DEFAULT_CHUNK
-) -> tuple[Tensor, Tensor]:
+    model: nn.Module, x: Tensor, n_samples: int = 1000, chunk: int = DEFAULT_CHUNK, per_layer: bool = False
+):
     """``E_q[z | x]`` for every latent unit, ``[B, U]``, and the Monte Carlo variance of each
     estimate averaged over the examples, ``[U]`` (zero where the mean is exact), by the first
     route the variant offers:
@@ -394,22 +394,29 @@ def posterior_means(
        the average of ``n_samples`` draws.
     2. ``model.posterior_sample(x, k)`` (multi-level variants: hierarchical, ladder): the average
        of ``n_samples`` draws of every latent level (each ``[k, B, d]`` tensor it returns), the
-       levels concatenated (``U = sum d_l``).
+       levels concatenated (``U = sum d_l``), the level next to ``x`` first.
     3. ``model.log_probs(model.variational_params(x))`` (discrete latents, ``[B, n, c]``): the
        class probabilities, the exact expectation of the one-hot ``z`` (``U = n * c``).
 
     Otherwise a ``NotImplementedError`` saying what to provide. At most ``chunk`` draws
-    (``n_samples`` x examples) are held at once.
+    (``n_samples`` x examples) are held at once. ``per_layer=True``: a list of such pairs, one per
+    stochastic layer, instead of their concatenation.
     """
     x = x.reshape(x.shape[0], -1)
     b = max(1, chunk // n_samples)
-    parts = [_posterior_means(model, x[i : i + b], n_samples) for i in range(0, x.shape[0], b)]
-    return torch.cat([m for m, _ in parts]), torch.cat([v for _, v in parts]).mean(0)
+    batches = [_posterior_means(model, x[i : i + b], n_samples) for i in range(0, x.shape[0], b)]
+    layers = [
+        (torch.cat([parts[j][0] for parts in batches]), torch.cat([parts[j][1] for parts in batches]).mean(0))
+        for j in range(len(batches[0]))
+    ]
+    if per_layer:
+        return layers
+    return torch.cat([m for m, _ in layers], -1), torch.cat([v for _, v in layers])
 
 
 def active_units(
-    model: nn.Module, x: Tensor, threshold: float = 1e-2, n_samples: int = 1000
-) -> int:
+    model: nn.Module, x: Tensor, threshold: float = 1e-2, n_samples: int = 1000, per_layer: bool = False
+):
     """The number of active latent units (Burda, Grosse & Salakhutdinov 2016):
 
         A_u = Cov_x( E_{q(z | x)}[z_u] ) > threshold,
@@ -417,11 +424,21 @@ def active_units(
     with ``E_q[z | x]`` from :func:`posterior_means` (exact where the family has a closed-form
     mean; else an average of ``n_samples`` draws, whose own variance is subtracted from the
     covariance, see :func:`count_active`) and the covariance over the examples of ``x``
-    (``[B, ...]``, B >= 2). With two latent levels all units are counted together. Eval mode.
+    (``[B, ...]``, B >= 2). With several stochastic layers all units are counted together, or,
+    ``per_layer=True``, a list of counts per layer, the layer next to ``x`` first (Burda et al.
+    report 16 + 5 for their two-layer MNIST model). Eval mode.
     """
     with evaluating(model):
-        means, mc_var = posterior_means(model, x, n_samples)
-    return count_active(means, threshold, mc_var)
+        layers = posterior_means(model, x, n_samples, per_layer=True)
+    counts = [count_active(m, threshold, v) for m, v in layers]
+    return counts if per_layer else sum(counts)
+
+
+def layers_unsupported(model: nn.Module) -> str | None:
+    """Why per-layer active units do not apply to ``model`` (one stochastic layer), or ``None``."""
+    if callable(getattr(model, "posterior_sample", None)) and not callable(getattr(model, "encode", None)):
+        return None
+    return f"{getattr(model, 'name', type(model).__name__)!r} has one stochastic layer"
 
 
 # -- annealed importance sampling and bidirectional Monte Carlo (bench.ais) ------------------------

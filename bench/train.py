@@ -7,6 +7,8 @@ nothing of MLflow. What it logs (nats per example, higher is better unless named
 per epoch (step = epoch)  train/loss (= -training bound, averaged over the epoch's batches),
                           val/elbo, train/examples_per_s; gap/* and grad/* at scheduled epochs
 final                     test/elbo, test/recon, test/kl, test/log_px, test/active_units, gap/*,
+                          test/active_units_l1, _l2, ... (variants with several stochastic layers),
+                          test/log_px_ais, test/bdmc_gap (when ais_size, bdmc_size > 0),
                           test/exact_log_px (variants with exact_log_marginal: the oracle),
                           grad/*, perf/train_examples_per_s, perf/eval_examples_per_s,
                           perf/train_seconds, perf/peak_mem_mb
@@ -93,16 +95,24 @@ def evaluate_elbo(model: nn.Module, x: Tensor, k: int, batch: int = 1000) -> dic
 class RunResult:
     model: nn.Module
     final: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # requested metric -> why it does not apply
 
 
-def measure(model, cfg: RunConfig, data: Dataset, grad_x: Tensor, epoch: int, final: bool) -> dict[str, float]:
+def measure(
+    model, cfg: RunConfig, data: Dataset, grad_x: Tensor, epoch: int, final: bool, ais_px: Tensor | None = None
+) -> dict[str, float]:
     """The scheduled measurements: the gap decomposition on a fixed test subset, and gradient
     variance/SNR of the run's objective (and of ``grad_objectives`` x ``grad_ks``) on a fixed
-    training batch, all at the current parameters."""
+    training batch, all at the current parameters. With ``gap_log_px = "max-iwae-ais"`` the gaps'
+    log p(x) is the larger of IWAE and AIS per example (``ais_px``: AIS on the gap subset, if the
+    caller has it; variants AIS does not apply to keep IWAE)."""
     out: dict[str, float] = {}
     if final or epoch in cfg.gap_epochs:
+        gap_x = data.test[: cfg.gap_size]
+        if ais_px is None and cfg.gap_log_px == "max-iwae-ais" and metrics.ais_unsupported(model) is None:
+            ais_px = metrics.ais_log_likelihood(model, gap_x, n_chains=cfg.ais_chains, n_steps=cfg.ais_steps)
         g = metrics.gaps(
-            model, data.test[: cfg.gap_size], k_eval=cfg.gap_k or cfg.eval_k, local_steps=cfg.gap_steps
+            model, gap_x, k_eval=cfg.gap_k or cfg.eval_k, local_steps=cfg.gap_steps, log_px_lower=ais_px
         )
         out.update({f"gap/{key}": v.mean().item() for key, v in g.items()})
     if final or epoch in cfg.grad_epochs:
@@ -116,6 +126,35 @@ def measure(model, cfg: RunConfig, data: Dataset, grad_x: Tensor, epoch: int, fi
                 s = metrics.gradient_stats(model, grad_x, objectives.build(name), n=cfg.grad_draws, k=k)
                 out.update({f"grad/{name}/k{k}/{key}": v for key, v in s.items()})
     return out
+
+
+def evaluate_ais(
+    model, cfg: RunConfig, data: Dataset, test: Tensor
+) -> tuple[dict[str, float], dict[str, str], Tensor | None]:
+    """The final AIS and BDMC numbers the config asks for: ``(metrics, skipped, AIS on the gap
+    subset or None)``. ``test/log_px_ais`` is the mean AIS estimate over the first ``ais_size``
+    test examples, ``test/bdmc_gap`` the mean of upper - lower over ``bdmc_size`` simulated
+    points. Where AIS does not apply (discrete latents) nothing is logged and ``skipped`` maps the
+    metric to the reason."""
+    out: dict[str, float] = {}
+    wanted = [name for name, on in (("test/log_px_ais", cfg.ais_size > 0), ("test/bdmc_gap", cfg.bdmc_size > 0),
+                                    ("gap/log_px_ais", cfg.gap_log_px == "max-iwae-ais")) if on]
+    reason = metrics.ais_unsupported(model)
+    if reason:
+        return out, dict.fromkeys(wanted, reason), None
+    settings = {"n_chains": cfg.ais_chains, "n_steps": cfg.ais_steps}
+    n_test = min(cfg.ais_size, len(test))
+    n_gap = cfg.gap_size if cfg.gap_log_px == "max-iwae-ais" else 0
+    gap_px = None
+    if n_test or n_gap:  # one AIS pass over the union of the two prefixes of the test split
+        a = metrics.ais_log_likelihood(model, data.test[: max(n_test, n_gap)], **settings)
+        if n_test:
+            out["test/log_px_ais"] = a[:n_test].mean().item()
+        gap_px = a[:n_gap] if n_gap else None
+    if cfg.bdmc_size:
+        lower, upper = metrics.bdmc(model, cfg.bdmc_size, **settings)
+        out["test/bdmc_gap"] = (upper - lower).mean().item()
+    return out, {}, gap_px
 
 
 def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], None] = lambda s: None) -> RunResult:
@@ -179,8 +218,15 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
     if hasattr(model, "exact_log_marginal"):  # the oracle: the estimate's error is visible
         with torch.no_grad():
             final["test/exact_log_px"] = model.exact_log_marginal(test).mean().item()
-    final["test/active_units"] = float(metrics.active_units(model, test))
-    final.update(measure(model, cfg, data, grad_x, cfg.epochs, final=True))
+    if metrics.layers_unsupported(model) is None:  # several stochastic layers: each one's count too
+        per_layer = metrics.active_units(model, test, per_layer=True)
+        final.update({f"test/active_units_l{i}": float(c) for i, c in enumerate(per_layer, 1)})
+        final["test/active_units"] = float(sum(per_layer))
+    else:
+        final["test/active_units"] = float(metrics.active_units(model, test))
+    ais_final, skipped, gap_ais = evaluate_ais(model, cfg, data, test)
+    final.update(ais_final)
+    final.update(measure(model, cfg, data, grad_x, cfg.epochs, final=True, ais_px=gap_ais))
     final.update(
         {
             "perf/train_examples_per_s": timed_n / timed_s,
@@ -194,4 +240,4 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
     if bad:
         raise NonFiniteLoss(f"run {cfg.run_name}: non-finite final metric(s) {', '.join(bad)}")
     progress(f"test/elbo {final['test/elbo']:.3f}  test/log_px {final['test/log_px']:.3f}  ({len(test) / eval_s:,.0f} eval ex/s)")
-    return RunResult(model=model, final=final)
+    return RunResult(model=model, final=final, skipped=skipped)

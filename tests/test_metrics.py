@@ -308,6 +308,25 @@ def test_active_units_by_sampling_removes_the_monte_carlo_variance():
     assert metrics.active_units(SampledPosterior(), x, n_samples=50) == 1
 
 
+def test_active_units_per_stochastic_layer():
+    """The same draws per layer: z1 has one active unit of two, z2 none (Burda et al. report
+    active units per layer, 16 + 5). The per-layer counts add up to the pooled count, and a
+    two-level variant reports one count per layer."""
+    torch.manual_seed(11)
+    x = torch.randn(4000, 3) * torch.tensor([0.2**0.5, 0.004**0.5, 1.0])
+    torch.manual_seed(12)
+    assert metrics.active_units(SampledPosterior(), x, n_samples=50, per_layer=True) == [1, 0]
+    torch.manual_seed(13)
+    model = variants.build("hierarchical", x_shape=(6,), latent_dim=3, hidden=(8,), latent_dim2=2)
+    xs = torch.randn(300, 6)
+    torch.manual_seed(14)
+    per = metrics.active_units(model, xs, n_samples=200, threshold=1e-4, per_layer=True)
+    torch.manual_seed(14)
+    assert len(per) == 2 and sum(per) == metrics.active_units(model, xs, n_samples=200, threshold=1e-4)
+    assert metrics.layers_unsupported(model) is None
+    assert "one stochastic layer" in metrics.layers_unsupported(linear_gaussian())
+
+
 class Categorical(torch.nn.Module):
     """Discrete latents (no encode / posterior_sample): n = 2 latents of c = 3 classes."""
 
