@@ -46,6 +46,7 @@ layer's size); results ``[B]``. Needs the joint-latent contract of ``variants.ba
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -158,35 +159,42 @@ def _log_mean_exp(a: Tensor) -> Tensor:
     return torch.logsumexp(a, 0) - math.log(a.shape[0])
 
 
+@dataclass(frozen=True)
+class Settings:
+    """AIS's knobs (the module docstring gives their meaning): ``n_chains`` counted chains per
+    example, ``n_steps`` intermediate distributions, ``leapfrog`` steps per HMC transition, the
+    initial ``step_size``, the ``target_accept`` rate the step size is tuned toward, and the number
+    of ``pilot_chains`` it is tuned on."""
+
+    n_chains: int = 16
+    n_steps: int = 500
+    leapfrog: int = 10
+    step_size: float = 0.05
+    target_accept: float = 0.65
+    pilot_chains: int = 4
+
+    def __post_init__(self) -> None:
+        if self.n_chains < 1 or self.pilot_chains < 1 or self.leapfrog < 1:
+            raise ValueError(f"AIS needs n_chains, pilot_chains and leapfrog >= 1, got {self}")
+
+
 @torch.no_grad()
-def forward_chains(
-    model: nn.Module,
-    x: Tensor,
-    n_chains: int = 16,
-    n_steps: int = 500,
-    leapfrog: int = 10,
-    step_size: float = 0.05,
-    target_accept: float = 0.65,
-    pilot_chains: int = 4,
-    chunk: int = DEFAULT_CHUNK,
-) -> tuple[Tensor, Tensor]:
-    """Forward AIS on ``x [B, D]`` with the model already in eval mode, the arguments as
-    :func:`ais_log_likelihood`'s: ``(log w [n_chains, B]`` of every counted chain, ``step sizes
-    [n_steps - 1, B])``. ``logmeanexp`` over the chains is the estimate; their spread is its
-    Monte Carlo error."""
+def forward_chains(model: nn.Module, x: Tensor, s: Settings = Settings(), chunk: int = DEFAULT_CHUNK
+                   ) -> tuple[Tensor, Tensor]:
+    """Forward AIS on ``x [B, D]`` with the model already in eval mode: ``(log w [n_chains, B]`` of
+    every counted chain, ``step sizes [n_steps - 1, B])``. ``logmeanexp`` over the chains is the
+    estimate; their spread is its Monte Carlo error."""
     reason = unsupported(model)
     if reason:
         raise NotImplementedError(reason)
-    if n_chains < 1 or pilot_chains < 1:
-        raise ValueError(f"AIS needs n_chains >= 1 and pilot_chains >= 1, got {n_chains}, {pilot_chains}")
-    betas = sigmoid_schedule(n_steps, device=x.device)
+    betas = sigmoid_schedule(s.n_steps, device=x.device)
     out, traces = [], []
-    c = n_chains + pilot_chains
+    c = s.n_chains + s.pilot_chains
     for _, xb in _batches(x, c, chunk):
         z = model.sample_prior(c * xb.shape[0]).reshape(c, xb.shape[0], -1)
-        eps = torch.full((xb.shape[0],), step_size, dtype=z.dtype, device=z.device)
-        log_w, trace = anneal(model, xb, z, betas, eps, leapfrog=leapfrog, target_accept=target_accept,
-                              pilot_chains=pilot_chains)
+        eps = torch.full((xb.shape[0],), s.step_size, dtype=z.dtype, device=z.device)
+        log_w, trace = anneal(model, xb, z, betas, eps, leapfrog=s.leapfrog, target_accept=s.target_accept,
+                              pilot_chains=s.pilot_chains)
         out.append(log_w)
         traces.append(trace)
     return torch.cat(out, 1), torch.cat(traces, 1)
@@ -194,29 +202,20 @@ def forward_chains(
 
 @torch.no_grad()
 def ais_log_likelihood(
-    model: nn.Module,
-    x: Tensor,
-    n_chains: int = 16,
-    n_steps: int = 500,
-    *,
-    leapfrog: int = 10,
-    step_size: float = 0.05,
-    target_accept: float = 0.65,
-    pilot_chains: int = 4,
-    chunk: int = DEFAULT_CHUNK,
+    model: nn.Module, x: Tensor, n_chains: int = 16, n_steps: int = 500, *, chunk: int = DEFAULT_CHUNK, **options
 ) -> Tensor:
     """``log p(x)`` by forward AIS from the prior, ``[B]`` (see the module docstring): ``n_chains``
     chains per example, ``n_steps`` intermediate distributions on the sigmoid schedule, HMC with
-    ``leapfrog`` steps from ``step_size`` adapted toward ``target_accept`` on ``pilot_chains``
-    extra chains. A stochastic lower bound. At most ``chunk`` latent draws (``(n_chains +
-    pilot_chains) x examples``) per decoder pass. Cost: about ``n_steps (leapfrog + 2)`` decoder
-    passes, forward and backward, per chunk. Eval mode; raises ``NotImplementedError`` with
-    :func:`unsupported`'s reason on a variant it does not apply to."""
+    the other :class:`Settings` as ``options`` (``leapfrog=10``, ``step_size=0.05``,
+    ``target_accept=0.65``, ``pilot_chains=4``). A stochastic lower bound. At most ``chunk`` latent
+    draws (``(n_chains + pilot_chains) x examples``) per decoder pass. Cost: about ``n_steps
+    (leapfrog + 2)`` decoder passes, forward and backward, per chunk. Eval mode; raises
+    ``NotImplementedError`` with :func:`unsupported`'s reason on a variant it does not apply to."""
     from bench.metrics import evaluating
 
+    settings = Settings(n_chains, n_steps, **options)
     with evaluating(model):
-        log_w, _ = forward_chains(model, flat(x), n_chains, n_steps, leapfrog, step_size, target_accept,
-                            pilot_chains, chunk)
+        log_w, _ = forward_chains(model, flat(x), settings, chunk)
     return _log_mean_exp(log_w)
 
 
@@ -227,12 +226,9 @@ def bdmc(
     *,
     n_chains: int = 16,
     n_steps: int = 500,
-    leapfrog: int = 10,
-    step_size: float = 0.05,
-    target_accept: float = 0.65,
-    pilot_chains: int = 4,
     chunk: int = DEFAULT_CHUNK,
     data: tuple[Tensor, Tensor] | None = None,
+    **options,
 ) -> tuple[Tensor, Tensor]:
     """Bidirectional Monte Carlo (Grosse et al. 2015) on ``n`` points simulated from the model,
     ``(z*, x) ~ p(z) p(x | z)``: ``(lower [n], upper [n])``, the forward-AIS and reverse-AIS
@@ -243,6 +239,7 @@ def bdmc(
     if the caller drew them (default: drawn here from the global generator). Eval mode."""
     from bench.metrics import evaluating
 
+    settings = Settings(n_chains, n_steps, **options)
     with evaluating(model):
         reason = unsupported(model)
         if reason:
@@ -254,8 +251,7 @@ def bdmc(
             z_star, x = data[0], flat(data[1])
             if len(z_star) != n or len(x) != n:
                 raise ValueError(f"bdmc: data must hold n = {n} points, got {len(z_star)} and {len(x)}")
-        log_w, trace = forward_chains(model, x, n_chains, n_steps, leapfrog, step_size, target_accept, pilot_chains,
-                                chunk)
+        log_w, trace = forward_chains(model, x, settings, chunk)
         lower = _log_mean_exp(log_w)
         betas = sigmoid_schedule(n_steps, device=x.device).flip(0)
         upper = []
@@ -263,7 +259,7 @@ def bdmc(
             b = xb.shape[0]
             z = z_star[i : i + b].expand(n_chains, b, -1).clone()
             fixed = trace[:, i : i + b].flip(0)
-            log_w, _ = anneal(model, xb, z, betas, z.new_zeros(b), leapfrog=leapfrog, pilot_chains=0,
+            log_w, _ = anneal(model, xb, z, betas, z.new_zeros(b), leapfrog=settings.leapfrog, pilot_chains=0,
                               fixed_eps=fixed)
             upper.append(-_log_mean_exp(log_w))
     return lower, torch.cat(upper)

@@ -6,8 +6,13 @@ Shapes: ``x`` is ``[B, *x_shape]`` (or flat ``[B, D]``); ``model.log_weights(x, 
 * :func:`log_likelihood`   the importance-weighted estimate of ``log p(x)`` (Burda et al. 2016),
                            streamed over chunks of samples and examples.
 * :func:`gaps`             the approximation / amortization decomposition (Cremer, Li & Duvenaud 2018).
-* :func:`gradient_stats`   variance and signal-to-noise ratio of gradient estimators (Rainforth et al. 2018).
-* :func:`active_units`     units with ``Cov_x(E_q[z_u | x]) > 0.01`` (Burda et al. 2016).
+* :func:`gradient_stats`   variance and signal-to-noise ratio of gradient estimators (Rainforth et al. 2018),
+                           the SNR with its finite-n noise floor removed and an interval (``bench.snr``).
+* :func:`active_units`     units with ``Cov_x(E_q[z_u | x]) > 0.01`` (Burda et al. 2016), pooled or per layer.
+* :func:`ais_log_likelihood`, :func:`bdmc`   annealed importance sampling (Wu et al. 2017) and
+                           bidirectional Monte Carlo (Grosse et al. 2015), from ``bench.ais``.
+* :func:`ais_unsupported`, :func:`layers_unsupported`   why a measurement does not apply to a
+                           variant (a sentence), or ``None``: such metrics are not logged, never NaN.
 * :func:`time_step`, :func:`peak_memory_mb`   throughput and memory, synchronized on CUDA.
 
 Evaluations (``log_likelihood``, ``gaps``, ``active_units``) run the model in eval mode and put

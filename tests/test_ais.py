@@ -32,7 +32,7 @@ def test_ais_reaches_the_exact_log_likelihood_on_the_oracle():
     exact = model.exact_log_marginal(x).detach()
     torch.manual_seed(31)
     with metrics.evaluating(model):
-        log_w, steps = ais.forward_chains(model, x, n_chains=16, n_steps=200)
+        log_w, steps = ais.forward_chains(model, x, ais.Settings(n_chains=16, n_steps=200))
     est, se = ais._log_mean_exp(log_w), chain_se(log_w)
     err = est - exact
     assert bool((err.abs() < 5 * se + se**2 + 0.01).all()), (err, se)
@@ -63,7 +63,7 @@ def test_bdmc_brackets_the_exact_log_likelihood_on_the_oracle():
     assert lower.shape == upper.shape == (30,)
     with metrics.evaluating(model):
         torch.manual_seed(34)
-        log_w, _ = ais.forward_chains(model, x, n_chains=16, n_steps=200)
+        log_w, _ = ais.forward_chains(model, x, ais.Settings(n_chains=16, n_steps=200))
     se = (chain_se(log_w).pow(2).mean() / 30).sqrt().item()
     assert lower.mean().item() < exact.mean().item() + 4 * se + 1e-3
     assert upper.mean().item() > exact.mean().item() - 4 * se - 1e-3
@@ -104,7 +104,7 @@ def test_ais_is_not_below_iwae_with_the_same_budget():
     budget = (C + P) * (T + (T - 1) * (L + 1))
     torch.manual_seed(37)
     with metrics.evaluating(model):
-        log_w, _ = ais.forward_chains(model, x, n_chains=C, n_steps=T, leapfrog=L, pilot_chains=P)
+        log_w, _ = ais.forward_chains(model, x, ais.Settings(n_chains=C, n_steps=T, leapfrog=L, pilot_chains=P))
         a, se_a = ais._log_mean_exp(log_w), chain_se(log_w)
         with torch.no_grad():
             lw = torch.cat([model.log_weights(x, 5000) for _ in range(math.ceil(budget / 5000))])[:budget]
@@ -169,6 +169,6 @@ def test_ais_on_the_joint_latent_of_two_level_variants_matches_quadrature(name):
     exact = torch.logsumexp(log_f, 0) + 2 * math.log(g[1] - g[0])
     torch.manual_seed(43)
     with metrics.evaluating(model):
-        log_w, _ = ais.forward_chains(model, x, n_chains=16, n_steps=100)
+        log_w, _ = ais.forward_chains(model, x, ais.Settings(n_chains=16, n_steps=100))
     err = ais._log_mean_exp(log_w) - exact
     assert bool((err.abs() < 5 * chain_se(log_w) + 0.01).all()), (err, chain_se(log_w))
