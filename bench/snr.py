@@ -208,59 +208,79 @@ def _log_likelihood_rows(nu: int, rows: Tensor, device: torch.device) -> Tensor:
 
 
 def _npmle(lik: Tensor, frac: Tensor, w: Tensor, iters: int, tol: float = 1e-8) -> Tensor:
-    """Mixing weights ``w [M]`` maximizing ``sum_r frac_r log sum_j lik_rj w_j`` (the binned
-    likelihood of ``G``, ``lik [R, M]`` scaled per row): EM, ``w <- w * lik^T (frac / lik w)``,
-    accelerated by SQUAREM (Varadhan & Roland 2008, scheme S3, with the EM step as a fallback
-    whenever the extrapolation lowers the likelihood). Plain EM converges slowly toward a point
-    mass (the case of an SNR of 0: 1,500 EM steps still moved the estimate by 0.01 / sqrt(n))."""
+    """Mixing weights ``w [G, M]`` maximizing, for each of ``G`` problems at once, the binned
+    likelihood of the distribution of ``|delta|``, ``sum_r frac_gr log sum_j lik_grj w_gj``
+    (``lik [G, R, M]`` scaled per row, padded rows with ``frac = 0``): EM,
+    ``w <- w * lik^T (frac / lik w)``, accelerated by SQUAREM (Varadhan & Roland 2008, scheme S3,
+    the plain EM step kept wherever the extrapolation lowers the likelihood). Plain EM converges
+    slowly toward a point mass (an SNR of 0: 1,500 EM steps still moved the estimate by
+    0.01 / sqrt(n)); ``iters`` SQUAREM steps cost 3 EM steps each."""
 
     def em(v: Tensor) -> Tensor:
-        return v * (lik.T @ (frac / (lik @ v).clamp_min(1e-300)))
+        dens = (lik @ v[..., None])[..., 0].clamp_min(1e-300)  # [G, R]
+        return v * (lik.transpose(1, 2) @ (frac / dens)[..., None])[..., 0]
 
-    def loglik(v: Tensor) -> float:
-        return float((frac * torch.log((lik @ v).clamp_min(1e-300))).sum())
+    def loglik(v: Tensor) -> Tensor:
+        return (frac * torch.log((lik @ v[..., None])[..., 0].clamp_min(1e-300))).sum(-1)
 
     best = loglik(w)
     for _ in range(iters):
         w1 = em(w)
         w2 = em(w1)
         r, v = w1 - w, w2 - 2 * w1 + w
-        alpha = -min(-1.0, -float(r.norm() / v.norm().clamp_min(1e-300)))
+        alpha = (r.norm(dim=-1, keepdim=True) / v.norm(dim=-1, keepdim=True).clamp_min(1e-300)).clamp_min(1.0)
         w3 = (w + 2 * alpha * r + alpha * alpha * v).clamp_min(0)
-        w3 = em(w3 / w3.sum())
-        cand = loglik(w3)
-        if not cand >= loglik(w2):
-            w3, cand = w2, loglik(w2)
-        w = w3
-        if cand - best < tol:
+        w3 = em(w3 / w3.sum(-1, keepdim=True))
+        l2, l3 = loglik(w2), loglik(w3)
+        keep = l3 >= l2  # NaN compares False: the EM step then
+        w = torch.where(keep[:, None], w3, w2)
+        cand = torch.where(keep, l3, l2)
+        if bool((cand - best < tol).all()):
             break
         best = cand
     return w
 
 
-def deconvolve(t_abs: Tensor, n: int, *, top: float | None = None, w0: Tensor | None = None,
-               iters: int = 200) -> tuple[float, Tensor]:
-    """The group's average SNR from ``|t_c|`` (``[P]``, finite) and ``n`` draws, with the noise
-    removed as the module docstring says: ``(mean_c E[|delta_c| | t_c] / sqrt(n), G's weights)``.
-
-    The ``|t|`` values are binned on the grid of ``|delta|`` (bin ``j`` is ``(grid[j-1],
-    grid[j]]``, represented by its centre: 0.025 wide up to 8, 1.5% relative beyond; at most
-    :data:`GRID_TOP`). ``top`` fixes the grid's end (jackknife replicates share the full data's
-    grid), ``w0`` starts EM from given weights on it."""
-    top = min(float(t_abs.max()) * 1.5 + 2 if top is None else top, GRID_TOP)
-    grid = _grid(top, t_abs.device)
+def _binned(t_abs: Tensor, n: int, top: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(lik [R, M]`` scaled per row, ``frac [R]``, ``grid [M])``: the ``|t|`` values binned on the
+    grid of ``|delta|`` up to ``top`` (bin ``j`` is ``(grid[j-1], grid[j]]``, represented by its
+    centre: 0.025 wide up to 8, 1.5% relative beyond; at most :data:`GRID_TOP`), the bins' shares
+    ``frac`` and the noncentral-t likelihood of each occupied bin at every grid point."""
+    grid = _grid(min(top, GRID_TOP), t_abs.device)
     idx = torch.bucketize(t_abs, grid).clamp_max(len(grid) - 1)
     cnt = torch.bincount(idx, minlength=len(grid)).to(torch.float64)
     rows = torch.nonzero(cnt).squeeze(1)
-    log_lik = _log_likelihood_rows(n - 1, rows, t_abs.device)[:, : len(grid)]  # [R, M]
-    frac = cnt[rows] / cnt.sum()
-    lik = torch.exp(log_lik - log_lik.max(1, keepdim=True).values)
+    log_lik = _log_likelihood_rows(n - 1, rows, t_abs.device)[:, : len(grid)]
+    return torch.exp(log_lik - log_lik.max(1, keepdim=True).values), cnt[rows] / cnt.sum(), grid
+
+
+def _deconvolve_many(ts: list[Tensor], ns: list[int], top: float, w0: Tensor | None, iters: int
+                     ) -> tuple[list[float], Tensor]:
+    """:func:`deconvolve` for several ``(|t|, n)`` sets on one grid, solved as one batch."""
+    parts = [_binned(t, n, top) for t, n in zip(ts, ns)]
+    grid = parts[0][2]
+    r_max = max(lik.shape[0] for lik, _, _ in parts)
+    lik = torch.ones(len(parts), r_max, len(grid), dtype=torch.float64, device=grid.device)
+    frac = torch.zeros(len(parts), r_max, dtype=torch.float64, device=grid.device)
+    for i, (li, fi, _) in enumerate(parts):
+        lik[i, : len(fi)], frac[i, : len(fi)] = li, fi
     w = torch.full_like(grid, 1 / len(grid)) if w0 is None else w0 / w0.sum()
-    w = _npmle(lik, frac, w, iters)
-    post = lik * w
-    post = post / post.sum(1, keepdim=True).clamp_min(1e-300)
-    est = float((frac * (post @ grid)).sum()) / math.sqrt(n)
-    return est, w
+    w = _npmle(lik, frac, w.expand(len(parts), -1).clone(), iters)
+    post = lik * w[:, None, :]
+    post = post / post.sum(-1, keepdim=True).clamp_min(1e-300)
+    means = (frac * (post @ grid)).sum(-1)  # [G]
+    return [float(m) / math.sqrt(n) for m, n in zip(means, ns)], w
+
+
+def deconvolve(t_abs: Tensor, n: int, *, top: float | None = None, w0: Tensor | None = None,
+               iters: int = 150) -> tuple[float, Tensor]:
+    """The group's average SNR from ``|t_c|`` (``[P]``, finite) and ``n`` draws, with the noise
+    removed as the module docstring says: ``(mean_c E[|delta_c| | t_c] / sqrt(n), G's weights)``.
+    ``top`` fixes the grid's end (jackknife replicates share the full data's grid; default 1.5 x
+    the largest ``|t|``), ``w0`` starts EM from given weights on it."""
+    top = float(t_abs.max()) * 1.5 + 2 if top is None else top
+    (est,), w = _deconvolve_many([t_abs], [n], top, w0, iters)
+    return est, w[0]
 
 
 def summarize(mom: GradientMoments, sl: slice = slice(None)) -> dict[str, float]:
@@ -296,17 +316,17 @@ def summarize(mom: GradientMoments, sl: slice = slice(None)) -> dict[str, float]
     t = math.sqrt(n) * m[spread].abs() / v[spread].sqrt()
     top = 2 * float(t.max()) + 2  # room for the replicates' |t| on the same grid
     est, w = deconvolve(t, n, top=top)
-    reps = []
+    ts, ns = [], []
     for g in range(mom.groups):
-        if mom.counts[g] == 0:
-            continue
         n_g, m_g, v_g = mom.moments(sl, drop=g)
-        if n_g < 3:
+        if mom.counts[g] == 0 or n_g < 3:
             continue
         m_g, v_g = m_g[live][spread], v_g[live][spread]
         ok = v_g > 0
-        t_g = math.sqrt(n_g) * m_g[ok].abs() / v_g[ok].sqrt()
-        reps.append(deconvolve(t_g, n_g, top=top, w0=w)[0])
+        if bool(ok.any()):
+            ts.append(math.sqrt(n_g) * m_g[ok].abs() / v_g[ok].sqrt())
+            ns.append(n_g)
+    reps = _deconvolve_many(ts, ns, top, w, iters=30)[0] if ts else []
     g_eff = len(reps)
     sd = math.sqrt((g_eff - 1) / g_eff * sum((r - sum(reps) / g_eff) ** 2 for r in reps)) if g_eff > 1 else math.inf
     q = _T975[g_eff - 2] if g_eff > 1 else math.inf
