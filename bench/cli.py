@@ -121,7 +121,7 @@ def _run_suite(args) -> int:
             try:
                 result = train.run(r, ds, lambda m, step: tracker.log_metrics(child, m, step), show)
                 _log_artifacts(tracker, child, result.model, ds)
-            except Exception as e:  # noqa: BLE001 - one broken run must not cost the suite the others
+            except Exception as e:
                 if isinstance(e, BenchError):  # NaN loss, or a config the variant rejects at run time
                     print(f"error: {e}", file=sys.stderr)
                 else:  # a bug or an exhausted device: the traceback is what helps

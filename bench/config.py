@@ -90,6 +90,11 @@ class RunConfig:
     grad_batch: int = 64
     grad_fit_steps: int = 100  # a trainable grad_objective's own parameters are fitted this long first
     kl_warmup_epochs: int = 0  # KL weight 0 -> 1 linearly over this many epochs (per step); 0 = off
+    ais_size: int = 0  # first test examples scored by AIS (test/log_px_ais); 0 = off
+    ais_chains: int = 16  # AIS chains per example (plus 4 pilot chains that tune the HMC step)
+    ais_steps: int = 500  # AIS intermediate distributions (sigmoid schedule), for BDMC too
+    bdmc_size: int = 0  # points simulated from the model for BDMC (test/bdmc_gap); 0 = off
+    gap_log_px: str = "iwae"  # iwae | max-iwae-ais: the gaps' log p(x), per example
     data_dir: str = ""  # where downloaded / user-provided datasets live; "" = ./data
     variant_options: dict = field(default_factory=dict)
     objective_options: dict = field(default_factory=dict)  # objective name -> its keyword options
@@ -409,14 +414,18 @@ def _validate(cfg: RunConfig, where: str) -> None:
         "binarization": ("dynamic", "static", "none"),
         "activation": tuple(ACTIVATIONS),
         "lr_schedule": tuple(LR_SCHEDULES),
+        "gap_log_px": ("iwae", "max-iwae-ais"),
     }
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
             raise ConfigError(f"{where}: {key} must be one of {', '.join(valid)}, got {getattr(cfg, key)!r}")
     positive = ("epochs", "batch_size", "k", "latent_dim", "val_k", "eval_k", "eval_chunk", "gap_size", "grad_draws", "grad_batch")
-    for key in positive:
+    for key in (*positive, "ais_chains", "ais_steps"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{where}: {key} must be >= 1, got {getattr(cfg, key)}")
+    for key in ("ais_size", "bdmc_size"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{where}: {key} must be >= 0, got {getattr(cfg, key)}")
     if not cfg.lr > 0:
         raise ConfigError(f"{where}: lr must be > 0, got {cfg.lr}")
     if not cfg.adam_eps > 0:

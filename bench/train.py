@@ -9,6 +9,8 @@ per epoch (step = epoch)  train/loss (= -training bound, averaged over the epoch
                           train/kl_weight (the warm-up's beta at the epoch's last step) when
                           kl_warmup_epochs > 0
 final                     test/elbo, test/recon, test/kl, test/log_px, test/active_units, gap/*,
+                          test/active_units_l1, _l2, ... (variants with several stochastic layers),
+                          test/log_px_ais, test/bdmc_gap (when ais_size, bdmc_size > 0),
                           test/exact_log_px (variants with exact_log_marginal: the oracle),
                           test/codebook_perplexity (variants with codebook_perplexity: VQ-VAE),
                           grad/*, perf/train_examples_per_s, perf/eval_examples_per_s,
@@ -113,7 +115,8 @@ def kl_weight(cfg: RunConfig, step: int, steps_per_epoch: int) -> float | None:
 def skipped_measurements(cfg: RunConfig, variant_cls) -> dict[str, str]:
     """Measurements this run skips, each with its reason: the variant's ``not_applicable``
     (``"log_px"``, ``"gaps"``, ``"grad"``, ``"active_units"``), plus ``"log_px"`` whenever q is a
-    point mass and ``eval_k > 1`` (importance sampling would repeat one sample: the IWAE estimate
+    point mass and ``eval_k > 1``, and ``"ais"`` (AIS and BDMC) where the config asks for them
+    and the variant has no continuous latent (``bench.ais.unsupported``) (importance sampling would repeat one sample: the IWAE estimate
     equals the ELBO and is no estimate of log p(x)). The loop does not compute them; the driver
     records each as the tag ``vaebench.skipped.<name>`` of the run."""
     out = dict(getattr(variant_cls, "not_applicable", {}))
@@ -122,6 +125,10 @@ def skipped_measurements(cfg: RunConfig, variant_cls) -> dict[str, str]:
             f"q(z | x) is a point mass: importance sampling with eval_k = {cfg.eval_k} repeats one "
             "sample, so the estimate is the ELBO (test/elbo), not an estimate of log p(x)"
         )
+    wants_ais = cfg.ais_size > 0 or cfg.bdmc_size > 0 or cfg.gap_log_px == "max-iwae-ais"
+    reason = metrics.ais_unsupported(variant_cls) if wants_ais else None
+    if reason and "ais" not in out:  # AIS (test/log_px_ais, the gaps' max) and BDMC (test/bdmc_gap)
+        out["ais"] = reason
     return out
 
 
@@ -156,19 +163,25 @@ def _fit_batches(data: Dataset, cfg: RunConfig, device: torch.device, n: int = 8
 
 
 def measure(
-    model, cfg: RunConfig, data: Dataset, grad_x: Tensor, epoch: int, final: bool, objective=None
+    model, cfg: RunConfig, data: Dataset, grad_x: Tensor, epoch: int, final: bool, objective=None,
+    ais_px: Tensor | None = None,
 ) -> dict[str, float]:
     """The scheduled measurements: the gap decomposition on a fixed test subset, and gradient
     variance/SNR of the run's objective (``objective``, the run's instance, trained parameters
     included; and of ``grad_objectives`` x ``grad_ks``) on a fixed training batch, all at the
     current parameters. A trainable objective of ``grad_objectives`` is built fresh and its own
     parameters fitted first, the model frozen (``grad_fit_steps`` steps on training batches:
-    ``bench.objectives.fit``). Skipped measurements (:func:`skipped_measurements`) are not made."""
+    ``bench.objectives.fit``). With ``gap_log_px = "max-iwae-ais"`` the gaps' log p(x) is the
+    larger of IWAE and AIS per example (``ais_px``: AIS on the gap subset, if the caller has it).
+    Skipped measurements (:func:`skipped_measurements`) are not made."""
     out: dict[str, float] = {}
     skip = skipped_measurements(cfg, type(model))
     if "gaps" not in skip and (final or epoch in cfg.gap_epochs):
+        gap_x = data.test[: cfg.gap_size]
+        if ais_px is None and cfg.gap_log_px == "max-iwae-ais" and "ais" not in skip:
+            ais_px = metrics.ais_log_likelihood(model, gap_x, n_chains=cfg.ais_chains, n_steps=cfg.ais_steps)
         g = metrics.gaps(
-            model, data.test[: cfg.gap_size], k_eval=cfg.gap_k or cfg.eval_k, local_steps=cfg.gap_steps
+            model, gap_x, k_eval=cfg.gap_k or cfg.eval_k, local_steps=cfg.gap_steps, log_px_lower=ais_px
         )
         out.update({f"gap/{key}": v.mean().item() for key, v in g.items()})
     if "grad" not in skip and (final or epoch in cfg.grad_epochs):
@@ -188,6 +201,31 @@ def measure(
                 s = metrics.gradient_stats(model, grad_x, other, n=cfg.grad_draws, k=k)
                 out.update({f"grad/{name}/k{k}/{key}": v for key, v in s.items()})
     return out
+
+
+def evaluate_ais(
+    model, cfg: RunConfig, data: Dataset, test: Tensor, skip: dict[str, str]
+) -> tuple[dict[str, float], Tensor | None]:
+    """The final AIS and BDMC numbers the config asks for: ``(metrics, AIS on the gap subset or
+    None)``. ``test/log_px_ais`` is the mean AIS estimate over the first ``ais_size`` test
+    examples, ``test/bdmc_gap`` the mean of upper - lower over ``bdmc_size`` simulated points.
+    Where AIS does not apply (``"ais"`` in ``skip``: discrete latents) nothing is computed."""
+    out: dict[str, float] = {}
+    if "ais" in skip:
+        return out, None
+    settings = {"n_chains": cfg.ais_chains, "n_steps": cfg.ais_steps}
+    n_test = min(cfg.ais_size, len(test))
+    n_gap = cfg.gap_size if cfg.gap_log_px == "max-iwae-ais" and "gaps" not in skip else 0
+    gap_px = None
+    if n_test or n_gap:  # one AIS pass over the union of the two prefixes of the test split
+        a = metrics.ais_log_likelihood(model, data.test[: max(n_test, n_gap)], **settings)
+        if n_test:
+            out["test/log_px_ais"] = a[:n_test].mean().item()
+        gap_px = a[:n_gap] if n_gap else None
+    if cfg.bdmc_size:
+        lower, upper = metrics.bdmc(model, cfg.bdmc_size, **settings)
+        out["test/bdmc_gap"] = (upper - lower).mean().item()
+    return out, gap_px
 
 
 def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], None] = lambda s: None) -> RunResult:
@@ -264,8 +302,15 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
     if hasattr(model, "codebook_perplexity"):  # VQ-VAE: the effective number of codes used
         final["test/codebook_perplexity"] = model.codebook_perplexity(test)
     if "active_units" not in skip:
-        final["test/active_units"] = float(metrics.active_units(model, test))
-    final.update(measure(model, cfg, data, grad_x, cfg.epochs, final=True, objective=objective))
+        if metrics.layers_unsupported(model) is None:  # several stochastic layers: each one's count too
+            per_layer = metrics.active_units(model, test, per_layer=True)
+            final.update({f"test/active_units_l{i}": float(c) for i, c in enumerate(per_layer, 1)})
+            final["test/active_units"] = float(sum(per_layer))
+        else:
+            final["test/active_units"] = float(metrics.active_units(model, test))
+    ais_final, gap_ais = evaluate_ais(model, cfg, data, test, skip)
+    final.update(ais_final)
+    final.update(measure(model, cfg, data, grad_x, cfg.epochs, final=True, objective=objective, ais_px=gap_ais))
     final.update(
         {
             "perf/train_examples_per_s": timed_n / timed_s,

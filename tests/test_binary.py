@@ -24,7 +24,7 @@ from torch import nn
 
 import variants
 from bench import objectives
-from bench.metrics import gradient_stats
+from bench.metrics import GRADIENT_STATS, gradient_stats
 from bench.objectives.binary import _antithetic
 from tests.test_estimators import MAX_T, flat_grad, t_scores
 
@@ -379,9 +379,9 @@ def test_gradient_stats_reports_the_objective_group_and_restores_its_buffers():
     nvil(model, x, 1)
     c, v = float(nvil.c), float(nvil.v)
     s = gradient_stats(model, x, nvil, n=5)
-    assert set(s) == {"encoder_var", "encoder_snr", "decoder_var", "decoder_snr", "objective_var", "objective_snr"}
+    assert set(s) == {f"{g}_{stat}" for g in ("encoder", "decoder", "objective") for stat in GRADIENT_STATS}
     assert s["objective_var"] > 0 and (float(nvil.c), float(nvil.v)) == (c, v)
-    assert set(gradient_stats(model, x, "disarm", n=3)) == {"encoder_var", "encoder_snr", "decoder_var", "decoder_snr"}
+    assert set(gradient_stats(model, x, "disarm", n=3)) == {f"{g}_{stat}" for g in ("encoder", "decoder") for stat in GRADIENT_STATS}
 
 
 def test_objective_options_are_checked():

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from torch.distributions import MultivariateNormal, kl_divergence
 
 import variants
-from bench import metrics
+from bench import metrics, snr
 from bench.objectives import Estimate
 
 
@@ -38,18 +37,33 @@ def linear_gaussian(D: int = 6, d: int = 3, seed: int = 0):
 # -- gradient_stats --------------------------------------------------------------------------------
 
 
-def test_summarize_gradients_known_answer():
-    # coordinate 2 is identically zero (left out), coordinate 3 deterministic (var 0, in the
-    # variance average, out of the SNR average): var = (4 + 1 + 0) / 3, snr = (1/2 + 2/1) / 2.
-    mean = torch.tensor([1.0, -2.0, 0.0, 3.0], dtype=torch.float64)
-    var = torch.tensor([4.0, 1.0, 0.0, 0.0], dtype=torch.float64)
-    nonzero = torch.tensor([True, True, False, True])
-    v, snr = metrics.summarize_gradients(mean, var, nonzero)
-    assert v == pytest.approx(5 / 3)
-    assert snr == pytest.approx(1.25)
+def moments_of(draws: torch.Tensor) -> snr.GradientMoments:
+    mom = snr.GradientMoments(draws.shape[1], torch.device("cpu"))
+    for g in draws:
+        mom.update(g)
+    return mom
+
+
+def test_summarize_known_answer():
+    """Coordinate 2 is identically zero (left out), coordinate 3 deterministic (variance 0: in the
+    variance average, out of the SNR average). Draws +-1 around means (1, -2, 0, 3) with unit
+    scale on the first two: the variance is exactly (n / (n - 1) * 2 + 0) / 3 over live
+    coordinates; the ratio of averages is (1 + 4 + 9 - 2 / (n - 1)) / 3 / variance."""
+    n = 20
+    sign = torch.tensor([1.0, -1.0]).repeat(n // 2)[:, None].double()
+    draws = torch.tensor([1.0, -2.0, 0.0, 3.0]).double() + sign * torch.tensor([1.0, 1.0, 0.0, 0.0]).double()
+    s = snr.summarize(moments_of(draws))
+    var = (2 * n / (n - 1)) / 3
+    assert s["var"] == pytest.approx(var)
+    assert s["snr_ratio"] == pytest.approx((1 + 4 + 9 - 2 * (n / (n - 1)) / n) / 3 / var)
+    assert s["snr_floor"] == pytest.approx(snr.noise_floor(n))
+    assert s["snr_lo"] <= s["snr"] <= s["snr_hi"]
     # all live coordinates deterministic -> inf; nothing live -> 0.0 ("no signal"), never NaN
-    assert metrics.summarize_gradients(mean[3:], var[3:], nonzero[3:]) == (0.0, math.inf)
-    assert metrics.summarize_gradients(mean[2:3], var[2:3], nonzero[2:3]) == (0.0, 0.0)
+    s = snr.summarize(moments_of(draws), slice(3, 4))
+    assert s["var"] == 0.0
+    assert (s["snr"], s["snr_lo"], s["snr_hi"], s["snr_ratio"]) == (math.inf,) * 4
+    s = snr.summarize(moments_of(draws), slice(2, 3))
+    assert (s["var"], s["snr"], s["snr_lo"], s["snr_hi"], s["snr_ratio"]) == (0.0,) * 5
 
 
 def test_gradient_variance_falls_as_one_over_batch():
@@ -80,8 +94,9 @@ def test_deterministic_gradient_has_infinite_snr_not_nan():
     x = torch.randn(16, 6)
     stats = metrics.gradient_stats(model, x, kl_only, n=5)
     assert stats["encoder_var"] == 0.0 and stats["encoder_snr"] == math.inf
+    assert stats["encoder_snr_lo"] == stats["encoder_snr_hi"] == stats["encoder_snr_ratio"] == math.inf
     # the decoder gets no gradient at all: "no signal", finite, not NaN
-    assert stats["decoder_var"] == 0.0 and stats["decoder_snr"] == 0.0
+    assert stats["decoder_var"] == 0.0 and stats["decoder_snr"] == 0.0 and stats["decoder_snr_ratio"] == 0.0
 
 
 def test_gradient_stats_leaves_grads_and_buffers_alone():
@@ -90,8 +105,9 @@ def test_gradient_stats_leaves_grads_and_buffers_alone():
         p.grad = torch.full_like(p, 7.0)
     x = (torch.rand(10, 1, 8, 8) > 0.5).float()
     stats = metrics.gradient_stats(model, x, "iwae", n=4, k=3)
-    assert set(stats) == {"encoder_var", "encoder_snr", "decoder_var", "decoder_snr"}
-    assert all(math.isfinite(v) and v > 0 for v in stats.values())
+    assert set(stats) == {f"{g}_{s}" for g in ("encoder", "decoder") for s in metrics.GRADIENT_STATS}
+    assert all(math.isfinite(v) for v in stats.values())
+    assert all(stats[f"{g}_{s}"] > 0 for g in ("encoder", "decoder") for s in ("var", "snr_hi", "snr_floor"))
     assert all(bool((p.grad == 7.0).all()) for p in model.parameters())
 
 
@@ -219,7 +235,7 @@ def test_gaps_reproduce_the_exact_decomposition(correlated):
     k_eval = 2000
     torch.manual_seed(9)
     g = metrics.gaps(model, x, k_eval=k_eval, log_px=log_px)
-    assert set(g) == {"log_px", "elbo_amortized", "elbo_local", "approximation", "amortization"}
+    assert set(g) == {"log_px", "elbo_amortized", "elbo_local", "approximation", "amortization", "local_no_gain"}
     assert all(v.shape == (len(x),) for v in g.values())
     with torch.no_grad():
         var_enc = model.log_weights(x, 4000).var(0)
@@ -292,6 +308,25 @@ def test_active_units_by_sampling_removes_the_monte_carlo_variance():
     assert metrics.active_units(SampledPosterior(), x, n_samples=50) == 1
 
 
+def test_active_units_per_stochastic_layer():
+    """The same draws per layer: z1 has one active unit of two, z2 none (Burda et al. report
+    active units per layer, 16 + 5). The per-layer counts add up to the pooled count, and a
+    two-level variant reports one count per layer."""
+    torch.manual_seed(11)
+    x = torch.randn(4000, 3) * torch.tensor([0.2**0.5, 0.004**0.5, 1.0])
+    torch.manual_seed(12)
+    assert metrics.active_units(SampledPosterior(), x, n_samples=50, per_layer=True) == [1, 0]
+    torch.manual_seed(13)
+    model = variants.build("hierarchical", x_shape=(6,), latent_dim=3, hidden=(8,), latent_dim2=2)
+    xs = torch.randn(300, 6)
+    torch.manual_seed(14)
+    per = metrics.active_units(model, xs, n_samples=200, threshold=1e-4, per_layer=True)
+    torch.manual_seed(14)
+    assert len(per) == 2 and sum(per) == metrics.active_units(model, xs, n_samples=200, threshold=1e-4)
+    assert metrics.layers_unsupported(model) is None
+    assert "one stochastic layer" in metrics.layers_unsupported(linear_gaussian())
+
+
 class Categorical(torch.nn.Module):
     """Discrete latents (no encode / posterior_sample): n = 2 latents of c = 3 classes."""
 
@@ -359,15 +394,70 @@ def test_peak_memory_resets_per_run():
     assert low < high - 200, (high, low)
 
 
-def test_amortization_gap_is_never_negative_when_the_optimizer_fails():
-    """A local optimization that ends worse than its start (one Adam step of size 5 on the
-    encoder's optimum q* throws lambda far off) must not report a negative amortization gap:
-    the encoder's lambda is a candidate, so elbo_local >= elbo_amortized per example."""
+def failing_optimizer_oracle():
+    """The diagonal oracle with an encoder fitted to q* by least squares, and a local optimization
+    that ends far worse than its start: one Adam step of size 5 throws lambda off."""
     model, x, _, _ = gap_oracle(correlated=False, B=20)
     with torch.no_grad():
         lam_star = model.optimal_diagonal_params(x)
         model.encoder.mean.weight.copy_(torch.linalg.lstsq(torch.cat([x, torch.ones(20, 1)], 1),
                                                            lam_star[:, :3]).solution[:-1].T)
+    return model, x
+
+
+def test_amortization_gap_is_never_negative_when_the_optimizer_fails():
+    """The encoder's lambda is a candidate, so elbo_local >= elbo_amortized per example."""
+    model, x = failing_optimizer_oracle()
     g = metrics.gaps(model, x, k_eval=200, local_steps=1, local_lr=5.0)
     assert (g["amortization"] >= 0).all()
     assert (g["elbo_local"] >= g["elbo_amortized"]).all()
+
+
+def test_gap_log_px_comes_from_the_better_proposal_when_the_optimizer_fails():
+    """Where the local optimization ends below the encoder, log p(x) must be estimated under the
+    encoder's q (the winner), not under the thrown-off local q. The IWAE estimate under q_enc has
+    per-example error ~ N(-v/2k, v/k), v = Var_q(w) / p(x)^2 estimated here from 20k draws; the
+    tolerance is 5 s.d. + the bias + 1e-3 per example. Measured before the fix: log_px 171.5 nats
+    off on average (the local q's estimate), approximation down to -183.8, negative in 20 of 20.
+    The approximation gap is IWAE - ELBO of the same draws, >= 0 exactly (1e-4: float32 sums)."""
+    model, x = failing_optimizer_oracle()
+    exact = model.exact_log_marginal(x).detach()
+    k = 200
+    with torch.no_grad():
+        lw = model.log_weights(x, 20000).double()
+    v = torch.exp(lw - exact.double()).var(0)
+    torch.manual_seed(13)
+    g = metrics.gaps(model, x, k_eval=k, local_steps=1, local_lr=5.0)
+    assert g["approximation"].min().item() > -1e-4, g["approximation"]
+    err = (g["log_px"] - exact).abs()
+    assert bool((err < 5 * (v / k).sqrt() + v / (2 * k) + 1e-3).all()), (err, v)
+    assert bool((g["local_no_gain"] == 1).all())  # the optimizer failed on every example
+
+
+def test_gaps_use_common_random_numbers():
+    """With no local step, lambda_local = lambda_enc, and the two ELBO estimates share their draws:
+    the amortization gap is exactly 0 and no example gains. Independent draws (the old code) gave
+    max(0, noise) > 0 on about half of the examples and a positive mean gap."""
+    model, x, _, _ = gap_oracle(correlated=True, B=30)
+    torch.manual_seed(14)
+    g = metrics.gaps(model, x, k_eval=100, local_steps=0)
+    assert bool((g["amortization"] == 0).all())
+    assert bool((g["local_no_gain"] == 1).all())
+    # the caller's random stream is left as if the evaluation had drawn nothing from it
+    torch.manual_seed(15)
+    metrics.gaps(model, x, k_eval=100, local_steps=0)
+    after = torch.rand(3)
+    torch.manual_seed(15)
+    torch.randint(2**62, ())
+    assert torch.equal(after, torch.rand(3))
+
+
+def test_gaps_take_the_larger_of_iwae_and_another_lower_bound():
+    """``log_px_lower`` (AIS) replaces the IWAE estimate per example only where it is larger."""
+    model, x, _, _ = gap_oracle(correlated=True, B=10)
+    torch.manual_seed(16)
+    iwae = metrics.gaps(model, x, k_eval=100, local_steps=0)["log_px"]
+    lower = iwae + torch.tensor([1.0, -1.0] * 5)
+    torch.manual_seed(16)
+    g = metrics.gaps(model, x, k_eval=100, local_steps=0, log_px_lower=lower)
+    torch.testing.assert_close(g["log_px"], torch.maximum(iwae, lower))

@@ -134,6 +134,29 @@ class VAE(nn.Module):
         """The decoder's mean at one ``z ~ q(z | x)``: ``[B, D]`` (for the reconstruction grids)."""
         raise NotImplementedError
 
+    def local_params(self, x: Tensor) -> Tensor:
+        """The gap decomposition's starting point ``[B, P']``: the encoder's ``q`` as a member of
+        the local family whose parameters are fitted per datapoint (Cremer et al. 2018);
+        ``terms(x, k, params=...)`` accepts it. ``variational_params(x)`` unless inference
+        weights act after it (IAF: the flow's networks, then copied per datapoint)."""
+        return self.variational_params(x)
+
+    # -- the joint latent, for annealed importance sampling (bench.ais) -------------------------
+    # Continuous-latent variants give the prior and the likelihood over their whole latent,
+    # flattened to ``z [..., L]`` (``L`` = the sum of every stochastic layer's size, in the order
+    # of ``posterior_sample``: the layer next to x first).
+    def sample_prior(self, n: int) -> Tensor:
+        """``n`` draws of the whole latent from the prior, ``[n, L]``."""
+        raise NotImplementedError
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """``log p(z)`` over the whole latent, ``z [..., L] -> [...]``."""
+        raise NotImplementedError
+
+    def decode(self, z: Tensor) -> Distribution:
+        """``p(x | z)`` for the whole latent ``z [..., L]``: a distribution with event ``[D]``."""
+        raise NotImplementedError
+
     def on_train_step(self, step: int) -> None:
         """Called by the training loop before every optimizer step (``step`` counts from 0).
 
@@ -273,6 +296,12 @@ class GaussianLatentVAE(VAE):
 
     def decode(self, z: Tensor) -> Distribution:
         return self.decoder(z)
+
+    def sample_prior(self, n: int) -> Tensor:
+        return self.prior().sample((n,))
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        return self.prior().log_prob(z)
 
     def terms(self, x, k=1, *, params=None, mode="reparam") -> LogWeightTerms:
         self.check_mode(mode)

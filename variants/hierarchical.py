@@ -71,6 +71,20 @@ class HierarchicalVAE(VAE):
     def variational_params(self, x: Tensor) -> Tensor:
         return self.encoder(flat(x))
 
+    # the whole latent z = [z1, z2] (``[..., d1 + d2]``), for annealed importance sampling
+    def sample_prior(self, n: int) -> Tensor:
+        z2 = self.prior().sample((n,))
+        return torch.cat([self.p_z1(z2).sample(), z2], -1)
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """``log p(z2) + log p(z1 | z2)``."""
+        z1, z2 = z.split([self.latent_dim, self.latent_dim2], -1)
+        return self.prior().log_prob(z2) + self.p_z1(z2).log_prob(z1)
+
+    def decode(self, z: Tensor) -> Distribution:
+        """``p(x | z) = p(x | z1)``."""
+        return self.decoder(z[..., : self.latent_dim])
+
     def posterior_sample(
         self, x: Tensor, k: int = 1, *, params: Tensor | None = None, mode: str = "reparam"
     ) -> tuple[list[Tensor], Tensor, Tensor]:

@@ -166,6 +166,25 @@ class LadderVAE(VAE):
             out.append(head(h))
         return torch.cat(out, dim=-1)
 
+    # the whole latent z = [z_1, ..., z_L] (``[..., sum_i d_i]``), for annealed importance sampling
+    def sample_prior(self, n: int) -> Tensor:
+        zs = [self.prior().sample((n,))]
+        for td in reversed(self.decoder_td):
+            zs.insert(0, diag_gaussian(td(zs[0])).sample())
+        return torch.cat(zs, -1)
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """``log p(z_L) + sum_{i<L} log p(z_i | z_{i+1})``."""
+        zs = z.split(list(self.latent_dims), -1)
+        out = self.prior().log_prob(zs[-1])
+        for i, td in enumerate(self.decoder_td):
+            out = out + diag_gaussian(td(zs[i + 1])).log_prob(zs[i])
+        return out
+
+    def decode(self, z: Tensor) -> Distribution:
+        """``p(x | z) = p(x | z_1)``."""
+        return self.decoder(z[..., : self.latent_dim])
+
     def split_params(self, lam: Tensor) -> list[Tensor]:
         """``lambda [B, P] -> [[B, 2 d_1], ..., [B, 2 d_L]]``."""
         return list(lam.split([2 * d for d in self.latent_dims], dim=-1))
