@@ -1,10 +1,11 @@
-"""Sessions: tests, benchmark, perf, ui. The uv backend: a warm install of torch takes seconds.
+"""Sessions: tests, benchmark, perf, ui, server. The uv backend: a warm install of torch takes seconds.
 
     nox -s tests                          # the test suite (pytest args after --)
-    nox -s benchmark                      # the smoke suite, then its plots and report
+    nox -s benchmark                      # the smoke suite (--jobs auto), then its plots and report
     nox -s benchmark -- --suite standard  # another suite; other `bench run` flags pass through
     nox -s perf                           # pytest-benchmark micro-benchmarks
     nox -s ui                             # the MLflow UI for the store, on 127.0.0.1
+    nox -s server                         # an MLflow tracking server on PostgreSQL, on 127.0.0.1
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def benchmark(session: nox.Session) -> None:
-    """`python -m bench run` with the posargs (default --suite smoke), then `python -m bench plots`."""
+    """`python -m bench run` with the posargs (default --suite smoke --jobs auto), then `python -m bench plots`."""
     session.install("-e", ".")
     known = argparse.ArgumentParser(add_help=False)
     known.add_argument("--suite", default="smoke")
@@ -35,6 +36,8 @@ def benchmark(session: nox.Session) -> None:
     args = list(session.posargs)
     if "--suite" not in " ".join(args):
         args = ["--suite", ns.suite, *args]
+    if "--jobs" not in " ".join(args):
+        args = [*args, "--jobs", "auto"]
     session.run("python", "-m", "bench", "run", *args)
     plots = ["python", "-m", "bench", "plots", "--suite", ns.suite]
     if ns.tracking_uri:
@@ -53,3 +56,11 @@ def ui(session: nox.Session) -> None:
     """The MLflow UI for the suite's store (`--port N`, `--tracking-uri URI` pass through)."""
     session.install("-e", ".")
     session.run("python", "-m", "bench", "ui", *session.posargs)
+
+
+@nox.session
+def server(session: nox.Session) -> None:
+    """`python -m bench server`: PostgreSQL (a cluster of its own, or `-- --database-uri URI`) and
+    MLflow on 127.0.0.1 (`-- --port N`); prints the --tracking-uri to use."""
+    session.install("-e", ".[server]")
+    session.run("python", "-m", "bench", "server", *session.posargs)

@@ -16,8 +16,9 @@ uninterrupted run would have (bit for bit on CPU):
 * the timing accumulators behind ``perf/*`` (times are not reproducible; their sums continue).
 
 Storage (:class:`ArtifactCheckpoints`): ``checkpoints/epoch-NNNNNN.pt`` in the run's artifact
-store, then the tag ``vaebench.checkpoint`` set to that path. The tag is the commit point: an
-upload cut short is never named by it, so a reader always loads a complete file. The previous
+store, then the tag ``vaebench.checkpoint`` set to that path (in the same store write as the
+epoch's metrics). The tag is the commit point: an upload cut short is never named by it, so a
+reader always loads a complete file. The previous
 checkpoint is deleted after the tag moves; all of them when the run finishes (its final weights
 are the ``model.pt`` artifact). Through an MLflow tracking server with proxied artifacts
 (``python -m bench server``) workers on any node read and write checkpoints through the server;
@@ -90,17 +91,13 @@ class ArtifactCheckpoints:
     """The checkpoints of one run, in its artifact store (see the module docstring)."""
 
     def __init__(self, client, run_id: str) -> None:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
         self.client = client
         self.run_id = run_id
-        self._current: str | None = client.get_run(run_id).data.tags.get(TAG) or None
-
-    def _repo(self):
-        from mlflow.store.artifact.artifact_repository_registry import (
-            get_artifact_repository,
-        )
-
-        uri = self.client.get_run(self.run_id).info.artifact_uri
-        return get_artifact_repository(uri, tracking_uri=self.client.tracking_uri)
+        run = client.get_run(run_id)
+        self._current: str | None = run.data.tags.get(TAG) or None
+        self._repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri)
 
     def latest(self) -> dict | None:
         """The newest complete checkpoint, or None when the run has none."""
@@ -110,14 +107,21 @@ class ArtifactCheckpoints:
             path = self.client.download_artifacts(self.run_id, self._current, tmp)
             return torch.load(path, map_location="cpu", weights_only=True)
 
-    def save(self, state: dict) -> None:
+    def save(self, state: dict, write_tags=None) -> None:
+        """Upload ``state``, then commit it by the tag: through ``write_tags(tags)`` when given
+        (the caller's own store write: the epoch's metrics and its checkpoint in one
+        transaction), else on its own."""
         from mlflow.entities import RunTag
 
         name = f"epoch-{state['epoch']:06d}.pt"
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(state, Path(tmp) / name)
-            self.client.log_artifact(self.run_id, str(Path(tmp) / name), "checkpoints")
-        self.client.log_batch(self.run_id, tags=[RunTag(TAG, f"checkpoints/{name}")])  # the commit
+            self._repo.log_artifact(str(Path(tmp) / name), "checkpoints")
+        tags = {TAG: f"checkpoints/{name}"}
+        if write_tags is not None:
+            write_tags(tags)
+        else:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         previous, self._current = self._current, f"checkpoints/{name}"
         if previous and previous != self._current:
             self._delete(previous)
@@ -131,6 +135,6 @@ class ArtifactCheckpoints:
 
     def _delete(self, path: str) -> None:
         try:
-            self._repo().delete_artifacts(path)
+            self._repo.delete_artifacts(path)
         except Exception:  # noqa: BLE001, S110 - a store that cannot delete keeps a stale file, nothing worse
             pass

@@ -38,8 +38,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from bench import tracking
+from bench import tracking, worker
 from bench.config import RunConfig
+from bench.progress import SuiteProgress
 from bench.errors import BenchError, ConfigError
 from bench.worker import Job, Outcome
 
@@ -224,16 +225,12 @@ class Invocation:
     def __init__(self, opts: Options, suite, planned: list[Planned], executor) -> None:
         import torch
 
-        from bench.progress import SuiteProgress
-
         self.opts, self.suite, self.planned, self.ex = opts, suite, planned, executor
         self.uri = tracking.resolve_tracking_uri(opts.tracking_uri)
         self.commit = tracking.git_commit()
         self.common_tags = {"git_commit": self.commit, "mlflow.source.git.commit": self.commit,
                             "torch_version": torch.__version__}
-        self.by_run: dict[str, Planned] = {}
         self.progress: SuiteProgress | None = None
-        self.SuiteProgress = SuiteProgress
 
     # -- claim ---------------------------------------------------------------------------------
     def claim(self) -> None:
@@ -285,9 +282,6 @@ class Invocation:
                 elif p.decision == "resume":
                     self._reopen(p, "resumed by this invocation")
             self._record()
-        for p in self.planned:
-            if p.run_id:
-                self.by_run[p.run_id] = p
 
     def _sweep(self, parents: dict, children: list) -> set[str]:
         """Mark KILLED every parent and child of the experiment whose process is gone; their ids."""
@@ -304,6 +298,8 @@ class Invocation:
 
     @staticmethod
     def _child_alive(c, parents: dict, now: float) -> bool:
+        if c.info.status not in LIVE:
+            return False
         parent = parents.get(c.data.tags.get("mlflow.parentRunId", ""))
         parent_alive = parent is not None and tracking.holder_alive(parent.data.tags, now)
         if c.info.status == "SCHEDULED":  # queued: held by the driver that created it
@@ -357,7 +353,7 @@ class Invocation:
         todo = [p for p in self.planned if p.decision in ("new", "resume")]
         self.watch = {p.run_id: p for p in self.planned if p.decision == "watch"}
         reused = [p for p in self.planned if p.decision == "reuse"]
-        self.progress = pr = self.SuiteProgress(self.suite.name, len(self.planned) - len(reused), len(reused))
+        self.progress = pr = SuiteProgress(self.suite.name, len(self.planned) - len(reused), len(reused))
         for p in todo + list(self.watch.values()):
             pr.plan_epochs(p.cfg.epochs - p.start_epoch)
         pr.print(f"suite {self.suite.name!r}: {len(self.planned)} runs -> {self.uri} (experiment {self.suite.name!r}), "
@@ -369,6 +365,7 @@ class Invocation:
         # Ctrl-C or SIGTERM (a batch system, nox): stop after the epochs in progress, at a point
         # where nothing is half written; a second one stops at once.
         self.stopping = False
+        worker.clear_stop()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         polled = 0.0
         try:
@@ -398,8 +395,6 @@ class Invocation:
         if self.stopping:
             raise KeyboardInterrupt
         self.stopping = True
-        from bench import worker
-
         worker.request_stop()  # the run executing in this process, if any (--jobs 1)
         sys.stderr.write("\nstopping after the epochs in progress (again to stop at once)\n")
 
@@ -447,9 +442,11 @@ class Invocation:
         """Progress of remote workers (their ``vaebench.epoch`` tag); outcomes of watched runs;
         watched runs whose process died are taken over (returned, to be resumed here)."""
         c = self.tracker.client
-        if self.ex.remote:
+        if self.ex.remote and self.inflight:
+            mine = {r.info.run_id: r for r in c.search_runs(  # one call for all of this invocation's runs
+                [self.tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent}'", max_results=10000)}
             for run_id, p in self.inflight.items():
-                run = c.get_run(run_id)
+                run = mine.get(run_id) or c.get_run(run_id)
                 tags = run.data.tags
                 if run.info.status != "SCHEDULED" and run_id not in self.progress.running:
                     self._show_start(p)
@@ -461,24 +458,41 @@ class Invocation:
             run = c.get_run(run_id)
             if run.info.status == "FINISHED":
                 p.outcome, p.final = "reused", dict(run.data.metrics)
-            elif run.info.status not in LIVE:
-                p.outcome, p.error = "failed", f"{run.info.status} in another invocation"
-            else:
-                parent = c.get_run(run.data.tags["mlflow.parentRunId"]) if run.data.tags.get("mlflow.parentRunId") else None
-                if self._child_alive(run, {parent.info.run_id: parent} if parent else {}, time.time()):
-                    continue
-                with tracking.store_lock(self.uri):
-                    self._mark(run_id, "KILLED", f"its process ({_holder(run.data.tags)}) is gone")
-                    p.decision, p.start_epoch = "resume", _epoch_of_checkpoint(run.data.tags)
-                    self._reopen(p, "taken over by")
-                take.append(p)
-                del self.watch[run_id]
+            elif run.info.status == "FAILED":
+                p.outcome, p.error = "failed", "FAILED in another invocation"
+            else:  # running elsewhere, or stopped there (KILLED): resumed here once it is not alive
+                if self._take_over(p):
+                    take.append(p)
+                    del self.watch[run_id]
                 continue
             del self.watch[run_id]
             self.progress.finish(run_id, p.outcome == "reused", f"[{p.index + 1}/{len(self.planned)}] {p.name} "
                                  f"{'finished' if p.outcome == 'reused' else p.error} (in another invocation)")
             self._record()
         return take
+
+    def _alive(self, run) -> bool:
+        c = self.tracker.client
+        parent_id = run.data.tags.get("mlflow.parentRunId")
+        parents = {parent_id: c.get_run(parent_id)} if parent_id else {}
+        return self._child_alive(run, parents, time.time())
+
+    def _take_over(self, p: Planned) -> bool:
+        """A watched run that was stopped, or whose process has died, is resumed here (decided
+        under the store's lock, looking again: another invocation may have taken it first)."""
+        if self._alive(self.tracker.client.get_run(p.run_id)):
+            return False
+        with tracking.store_lock(self.uri):
+            run = self.tracker.client.get_run(p.run_id)
+            if run.info.status in ("FINISHED", "FAILED") or self._alive(run):
+                return False
+            if run.info.status in LIVE:
+                self._mark(p.run_id, "KILLED", f"its process ({_holder(run.data.tags)}) is gone")
+            p.decision, p.start_epoch = "resume", _epoch_of_checkpoint(run.data.tags)
+            self._reopen(p, "taken over by")
+        self.progress.print(f"[{p.index + 1}/{len(self.planned)}] {p.name}: its process in another invocation is gone, "
+                            f"resuming it here after epoch {p.start_epoch}")
+        return True
 
     def _interrupted(self) -> int:
         left = self.ex.cancel()
@@ -538,8 +552,6 @@ def main(opts: Options) -> int:
     box: list[Invocation] = []
     ex = make_executor(opts, planned, lambda *a: box[0].on_progress(*a) if box else None)
     try:
-        from bench import worker
-
         for (name, binarization, data_dir), ds in loaded.items():  # the driver's own runs reuse them
             worker._DATA.setdefault((name, binarization, data_dir, "cpu"), ds)
         inv = Invocation(opts, suite, planned, ex)

@@ -76,16 +76,25 @@ def request_stop(*_) -> None:
     _STOP.set()
 
 
+def clear_stop() -> None:
+    """A new invocation in this process starts without the last one's stop request."""
+    _STOP.clear()
+
+
 class Superseded(Exception):
     """Another attempt holds the run now: stop without touching it."""
 
 
 class RunLogger:
-    """``log(metrics, step)`` for one run: each (metric, step) at most once in the store, every
-    epoch's ``vaebench.epoch`` tag (the driver's progress for remote workers) in the same call."""
+    """``log(metrics, step)`` for one run, buffered until :meth:`flush`: each (metric, step) at
+    most once in the store. A flush is one store write: the metrics since the last one, the tag
+    ``vaebench.epoch`` (the driver's progress for remote workers) and the caller's tags (the
+    epoch's checkpoint), so a sqlite store sees one transaction per epoch."""
 
     def __init__(self, client, run_id: str, after: int, check: Callable[[], None] = lambda: None) -> None:
         self.client, self.run_id, self.check = client, run_id, check
+        self.pending: list = []
+        self.step = 0
         run = client.get_run(run_id)
         self.have = {
             (key, m.step)
@@ -95,15 +104,23 @@ class RunLogger:
         }
 
     def __call__(self, values: dict[str, float], step: int | None) -> None:
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric
 
         self.check()
-        step = step or 0
+        self.step = step or 0
         ts = int(time.time() * 1000)
-        ms = [Metric(k, float(v), ts, step) for k, v in values.items() if (k, step) not in self.have]
-        tags = [RunTag("vaebench.epoch", str(step))]
+        new = [(k, v) for k, v in values.items() if (k, self.step) not in self.have]
+        self.have.update((k, self.step) for k, _ in new)
+        self.pending += [Metric(k, float(v), ts, self.step) for k, v in new]
+
+    def flush(self, tags: dict[str, str] | None = None) -> None:
+        from mlflow.entities import RunTag
+
+        self.check()
+        ms, self.pending = self.pending, []
+        tag_list = [RunTag(k, v) for k, v in ({"vaebench.epoch": str(self.step)} | (tags or {})).items()]
         for i in range(0, max(len(ms), 1), 1000):
-            self.client.log_batch(self.run_id, metrics=ms[i : i + 1000], tags=tags if i == 0 else [])
+            self.client.log_batch(self.run_id, metrics=ms[i : i + 1000], tags=tag_list if i == 0 else [])
 
 
 _DATA: dict[tuple, object] = {}  # datasets kept by a long-lived worker process between its runs
@@ -152,12 +169,14 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
 
     last = [0.0]
 
-    def save(epoch: int, capture) -> None:
+    def save(epoch: int, capture) -> None:  # after every epoch's log: its metrics and checkpoint, one write
         check()
         now = time.monotonic()
         if epoch == cfg.epochs or now - last[0] >= job.checkpoint_every or _STOP.is_set():
-            checkpoints.save(capture())
+            checkpoints.save(capture(), write_tags=log.flush)
             last[0] = now
+        else:
+            log.flush()
         if _STOP.is_set() and epoch < cfg.epochs:  # the epoch is stored: a safe place to stop
             raise KeyboardInterrupt
 
@@ -174,7 +193,10 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
         resumed = state["epoch"] if state is not None else None
         log = RunLogger(client, job.run_id, after=resumed or 0, check=check)
         ds = _dataset(cfg)
-        result = train.run(cfg, ds, log, show, checkpoint_fn=save, resume=state)
+        try:
+            result = train.run(cfg, ds, log, show, checkpoint_fn=save, resume=state)
+        finally:
+            log.flush()  # the final metrics, or what was logged before an error
         log_artifacts(client, job.run_id, result.model, ds)
         checkpoints.clear()
     except Superseded:
@@ -184,6 +206,8 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
         # a user-facing error (NaN loss, a config the variant rejects at run time) is its message;
         # a bug or an exhausted device: the traceback is what helps
         tb = "" if isinstance(e, BenchError) else traceback.format_exc()
+        if torch.cuda.is_initialized():  # after an out-of-memory error, the next run gets the memory back
+            torch.cuda.empty_cache()
         client.log_batch(job.run_id, tags=_tags({"error": error[:5000], "vaebench.end_reason": error[:5000]}))
         client.set_terminated(job.run_id, "FAILED")
         return Outcome(job.run_id, "FAILED", error=str(e) if isinstance(e, BenchError) else error,

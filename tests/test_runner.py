@@ -127,19 +127,27 @@ def test_a_run_resumed_from_its_checkpoint_is_bit_for_bit_the_uninterrupted_run(
 def test_logger_keeps_each_step_once(store):
     """Killed after logging epoch 2 but before checkpointing it, the resumed run (from epoch 1)
     computes epoch 2 again: its logger drops what the run already has. A logger that ignored the
-    run's history would log step 2 twice (the power check)."""
+    run's history would log step 2 twice (the power check). Nothing is written before a flush,
+    which writes the metrics and the tags together."""
     client = MlflowClient(store)
     run_id = client.create_run(client.create_experiment("t")).info.run_id
     first = RunLogger(client, run_id, after=0)
     first({"a": 1.0}, 1)
+    first.flush()
     first({"a": 2.0, "b": 5.0}, 2)
+    assert [m.step for m in client.get_metric_history(run_id, "a")] == [1]
+    first.flush({"vaebench.checkpoint": "checkpoints/epoch-000002.pt"})
     resumed = RunLogger(client, run_id, after=1)
     resumed({"a": 2.0, "b": 5.0}, 2)
     resumed({"a": 3.0}, 3)
+    resumed.flush()
     assert sorted((m.step, m.value) for m in client.get_metric_history(run_id, "a")) == [(1, 1.0), (2, 2.0), (3, 3.0)]
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "b")] == [(2, 5.0)]
-    assert client.get_run(run_id).data.tags["vaebench.epoch"] == "3"
-    RunLogger(client, run_id, after=10**9)({"a": 3.0}, 3)
+    tags = client.get_run(run_id).data.tags
+    assert tags["vaebench.epoch"] == "3" and tags["vaebench.checkpoint"] == "checkpoints/epoch-000002.pt"
+    blind = RunLogger(client, run_id, after=10**9)
+    blind({"a": 3.0}, 3)
+    blind.flush()
     assert [m.step for m in client.get_metric_history(run_id, "a")].count(3) == 2
 
 
@@ -192,6 +200,33 @@ def test_a_run_is_alive_while_its_process_is():
     remote = {"vaebench.host": "another-node", "vaebench.pid": "1@1"}
     assert tracking.holder_alive(remote | {"vaebench.heartbeat": str(now - 10)})
     assert not tracking.holder_alive(remote | {"vaebench.heartbeat": str(now - tracking.STALE_S - 1)})
+
+
+def test_heartbeat_refreshes_the_lease_and_reads_the_run_back(store):
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("t"), tags={"vaebench.heartbeat": "0"}).info.run_id
+    seen = []
+    beat = tracking.Heartbeat(client, run_id, every=0.05, check=seen.append)
+    try:
+        wait_for(lambda: len(seen) >= 2, "two heartbeats", timeout=30)
+    finally:
+        beat.stop()
+    assert time.time() - float(client.get_run(run_id).data.tags["vaebench.heartbeat"]) < 30
+    assert seen[-1].info.run_id == run_id
+
+
+def test_a_worker_whose_attempt_was_superseded_leaves_the_run_alone(store):
+    """The fence: a job handed out before another attempt took the run over does nothing."""
+    from bench.worker import Job, execute
+
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("t"), tags={"vaebench.attempt": "newer"}).info.run_id
+    client.update_run(run_id, status="SCHEDULED")
+    job = Job(uri=store, run_id=run_id, attempt="older", run_key="k", run_name="n",
+              config=dataclasses.asdict(RunConfig(device="cpu")), threads=1)
+    assert execute(job).status == "SUPERSEDED"
+    run = client.get_run(run_id)
+    assert run.info.status == "SCHEDULED" and not run.data.metrics and "vaebench.pid" not in run.data.tags
 
 
 def _planned(n: int, **cfg) -> list[runner.Planned]:
@@ -302,63 +337,87 @@ def test_finished_runs_are_reused_and_fresh_recomputes(store, capsys):
 
 # -- end to end, in subprocesses -------------------------------------------------------------------
 @pytest.mark.slow
-def test_kill_9_of_the_driver_then_the_same_command_completes_the_suite(tmp_path, store, tiny_ref):
-    """kill -9 of a ``--jobs 2`` driver in the middle of a run: its workers die with it; the same
-    command again marks the dead parent and child KILLED, continues the interrupted run in the
-    same MLflow run from its checkpoint, reuses the finished ones, and every metric of every run
-    equals the uninterrupted run's, step for step and bit for bit."""
-    two = ("--jobs", "2", "--set", "variants=vanilla,iwae")  # both at once
-    proc = Cli(tmp_path, store, *two)
-    victim = wait_for(lambda: checkpointed(store), "a checkpointed run", proc=proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    workers = {holder_pid(r) for r in children(store) if r.data.tags.get("vaebench.pid")} - {proc.pid}
-    assert workers, "the runs should have executed in worker processes"
-    wait_for(lambda: not any(alive(pid) for pid in workers), "the workers to die with the driver", timeout=10)
-    before = {r.info.run_id: r.info.status for r in children(store)}
-    assert before[victim.info.run_id] == "RUNNING"  # a dead run, until the next invocation looks
+def test_dead_workers_ctrl_c_and_kill_9_then_the_same_command_completes_the_suite(tmp_path, store, tiny_ref):
+    """With ``--jobs 2``:
 
-    again = Cli(tmp_path, store, *two)
-    assert again.wait() == 0, again.stderr[-3000:]
-    err = again.stderr
-    assert "resumed" in err and "Traceback" not in err
-    runs = {r.info.run_id: r for r in children(store)}
-    assert set(runs) == set(before)  # no new run: the interrupted one continued in its own run
-    assert all(r.info.status == "FINISHED" for r in runs.values())
-    assert runs[victim.info.run_id].data.tags["vaebench.history"].count("KILLED") == 1
-    dead, live = parents(store)
-    assert dead.info.status == "KILLED" and "is gone" in dead.data.tags["vaebench.end_reason"]
-    outcomes = {r["run_id"]: r["outcome"] for r in _invocation(store, live)["runs"]}
-    assert outcomes[victim.info.run_id] == "resumed"
-    assert {o for rid, o in outcomes.items() if before[rid] == "FINISHED"} <= {"reused"}
-    assert_same_numbers(histories(store), tiny_ref[1], keys=2)
-
-
-@pytest.mark.slow
-def test_a_dead_worker_fails_its_run_ctrl_c_kills_and_the_same_command_finishes(tmp_path, store, tiny_ref):
-    """kill -9 of one worker: its run is FAILED with the reason and the suite goes on (the next
-    run starts); Ctrl-C (SIGINT to the process group, as a terminal sends it): the running runs
-    and the parent are KILLED, exit code 130. The same command again finishes both from their
-    checkpoints, with the uninterrupted run's numbers."""
-    proc = Cli(tmp_path, store, "--jobs", "2")
-    victim = wait_for(lambda: checkpointed(store), "a checkpointed run", proc=proc)
+    1. kill -9 of one worker: its run is FAILED with the reason and the suite goes on (another run
+       starts); then Ctrl-C (SIGINT to the process group, as a terminal sends it): the running
+       runs and the parent are KILLED, exit code 130;
+    2. the same command again, and kill -9 of its driver while it resumes them: its workers die
+       with it, and its runs stay RUNNING until an invocation looks;
+    3. the same command again: the dead parent and runs are marked KILLED with the reason, every
+       interrupted run continues in its own MLflow run from its checkpoint, finished runs are
+       reused, and every metric of every run equals the uninterrupted run's, step for step and
+       bit for bit."""
+    first = Cli(tmp_path, store, "--jobs", "2")
+    victim = wait_for(lambda: checkpointed(store), "a checkpointed run", proc=first)
     os.kill(holder_pid(victim), signal.SIGKILL)
-    wait_for(lambda: MlflowClient(store).get_run(victim.info.run_id).info.status == "FAILED", "the run to be FAILED", proc=proc)
-    other = wait_for(lambda: checkpointed(store, exclude={victim.info.run_id}), "the suite to go on", proc=proc)
-    os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(60) == 130
-    err = proc.stderr
-    assert "interrupted" in err and "SIGKILL" in err
     client = MlflowClient(store)
+    wait_for(lambda: client.get_run(victim.info.run_id).info.status == "FAILED", "the run to be FAILED", proc=first)
+    other = wait_for(lambda: checkpointed(store, exclude={victim.info.run_id}), "the suite to go on", proc=first)
+    os.killpg(first.pid, signal.SIGINT)
+    assert first.wait(60) == 130
+    assert "interrupted" in first.stderr and "SIGKILL" in first.stderr
     failed = client.get_run(victim.info.run_id)
     assert failed.info.status == "FAILED" and "died of SIGKILL" in failed.data.tags["error"]
     assert client.get_run(other.info.run_id).info.status == "KILLED"
     assert {r.info.status for r in children(store)} <= {"FINISHED", "FAILED", "KILLED"}
     assert parents(store)[-1].info.status == "KILLED"
+    ids = {r.info.run_id for r in children(store)}
 
-    again = Cli(tmp_path, store, "--jobs", "2")
-    assert again.wait() == 0, again.stderr[-3000:]
-    assert all(r.info.status == "FINISHED" for r in children(store))
+    second = Cli(tmp_path, store, "--jobs", "2")
+
+    def resuming():
+        ps = parents(store)
+        if len(ps) < 2:
+            return None
+        mine = [r for r in children(store) if r.data.tags.get("mlflow.parentRunId") == ps[1].info.run_id]
+        return next((r for r in mine if r.info.status == "RUNNING" and holder_pid(r) != second.pid), None)
+
+    worker = holder_pid(wait_for(resuming, "the second invocation to resume a run in a worker", proc=second))
+    os.kill(second.pid, signal.SIGKILL)
+    second.wait()
+    wait_for(lambda: not alive(worker), "its worker to die with the driver", timeout=10)
+    assert "RUNNING" in {r.info.status for r in children(store)}  # dead, until an invocation looks
+
+    third = Cli(tmp_path, store, "--jobs", "2")
+    assert third.wait() == 0, third.stderr[-3000:]
+    assert "resumed" in third.stderr and "Traceback" not in third.stderr
+    runs = {r.info.run_id: r for r in children(store)}
+    assert set(runs) == ids  # no new run: each interrupted one continued in its own
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+    assert "FAILED after epoch" in runs[victim.info.run_id].data.tags["vaebench.history"]  # its story is kept
+    one, two, three = parents(store)
+    assert one.info.status == "KILLED" and "Ctrl-C" in one.data.tags["vaebench.end_reason"]
+    assert two.info.status == "KILLED" and "is gone" in two.data.tags["vaebench.end_reason"]
+    assert three.info.status == "FINISHED"
+    outcomes = {r["outcome"] for r in _invocation(store, three)["runs"]}
+    assert "resumed" in outcomes and outcomes <= {"resumed", "reused"}
+    assert_same_numbers(histories(store), tiny_ref[1])
+
+
+@pytest.mark.slow
+def test_the_same_suite_twice_at_once_shares_the_runs(tmp_path, store, tiny_ref):
+    """Two invocations of one suite started together (``--jobs 1``): the one that claims the runs
+    first computes them, the other waits for them rather than computing them again. The first is
+    stopped with Ctrl-C (at its next epoch: KILLED, exit 130); the other takes its runs over,
+    resumes them and finishes them, with the uninterrupted run's numbers."""
+    a, b = Cli(tmp_path, store), Cli(tmp_path, store)
+
+    def claimed():
+        watcher = next((c for c in (a, b) if "running elsewhere" in c.stderr and "0 running elsewhere" not in c.stderr), None)
+        worker = b if watcher is a else a
+        return (watcher, worker) if watcher and checkpointed(store) else None
+
+    watcher, computer = wait_for(claimed, "one invocation to compute and the other to wait")
+    os.killpg(computer.pid, signal.SIGINT)
+    assert computer.wait(60) == 130
+    assert watcher.wait() == 0, watcher.stderr[-3000:]
+    assert "resuming it here" in watcher.stderr
+    runs = children(store)
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    outcomes = {r["outcome"] for r in _invocation(store, parents(store)[1])["runs"]}
+    assert "resumed" in outcomes and outcomes <= {"resumed", "reused"}
     assert_same_numbers(histories(store), tiny_ref[1])
 
 
