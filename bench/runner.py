@@ -495,15 +495,21 @@ class Invocation:
         return True
 
     def _interrupted(self) -> int:
+        from mlflow.exceptions import MlflowException
+
         left = self.ex.cancel()
-        for p in self.planned:
-            if p.run_id and (p.run_id in left or p.outcome == "pending") and p.decision != "watch":
-                if self.tracker.client.get_run(p.run_id).info.status in LIVE:
-                    started = p.run_id in self.inflight
-                    self._mark(p.run_id, "KILLED", "interrupted (Ctrl-C)" if started else "interrupted before it started")
-                p.outcome = "killed" if p.outcome == "pending" else p.outcome
-        self._mark(self.parent, "KILLED", "interrupted (Ctrl-C)")
-        self._record()
+        try:
+            for p in self.planned:
+                if p.run_id and (p.run_id in left or p.outcome == "pending") and p.decision != "watch":
+                    if self.tracker.client.get_run(p.run_id).info.status in LIVE:
+                        started = p.run_id in self.inflight
+                        self._mark(p.run_id, "KILLED", "interrupted (Ctrl-C)" if started else "interrupted before it started")
+                    p.outcome = "killed" if p.outcome == "pending" else p.outcome
+            self._mark(self.parent, "KILLED", "interrupted (Ctrl-C)")
+            self._record()
+        except MlflowException as e:  # stopped at once inside a store write (a second Ctrl-C)
+            print(f"\ncould not mark the interrupted runs ({str(e).splitlines()[0]}): the next invocation will",
+                  file=sys.stderr)
         print("\ninterrupted: finished runs and every logged epoch are in the store; the interrupted runs are "
               "marked KILLED, and the same command resumes them", file=sys.stderr)
         return 130

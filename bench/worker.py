@@ -195,8 +195,13 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
         ds = _dataset(cfg)
         try:
             result = train.run(cfg, ds, log, show, checkpoint_fn=save, resume=state)
-        finally:
-            log.flush()  # the final metrics, or what was logged before an error
+        except Exception:
+            log.flush()  # what was logged before the error (non-finite final metrics, say)
+            raise
+        # Not on a BaseException: an interrupt or submitit's requeue (SystemExit, raised by its
+        # preemption signal handler) may land inside a store write, whose transaction is left
+        # open until this process exits and rolls it back; the resumed run recomputes the epoch.
+        log.flush()  # the final metrics
         log_artifacts(client, job.run_id, result.model, ds)
         checkpoints.clear()
     except Superseded:
@@ -213,8 +218,11 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
         return Outcome(job.run_id, "FAILED", error=str(e) if isinstance(e, BenchError) else error,
                        traceback=tb, resumed_from=resumed)
     except KeyboardInterrupt:
-        client.log_batch(job.run_id, tags=_tags({"vaebench.end_reason": "interrupted (Ctrl-C or the driver's stop)"}))
-        client.set_terminated(job.run_id, "KILLED")
+        try:
+            client.log_batch(job.run_id, tags=_tags({"vaebench.end_reason": "interrupted (Ctrl-C or the driver's stop)"}))
+            client.set_terminated(job.run_id, "KILLED")
+        except Exception:  # noqa: BLE001, S110 - interrupted inside a store write: the next invocation marks it
+            pass
         raise
     finally:
         heartbeat.stop()

@@ -229,6 +229,12 @@ def test_a_worker_whose_attempt_was_superseded_leaves_the_run_alone(store):
     assert run.info.status == "SCHEDULED" and not run.data.metrics and "vaebench.pid" not in run.data.tags
 
 
+def test_how_a_worker_died_in_words():
+    assert executors.died(-9) == "worker process died of SIGKILL (killed: kill -9, or the out-of-memory killer)"
+    assert "segmentation fault" in executors.died(-11)
+    assert executors.died(1) == "worker process exited with code 1 before reporting"
+
+
 def _planned(n: int, **cfg) -> list[runner.Planned]:
     return [runner.Planned(i, RunConfig(seed=i, **cfg), {}) for i in range(n)]
 
@@ -337,85 +343,68 @@ def test_finished_runs_are_reused_and_fresh_recomputes(store, capsys):
 
 # -- end to end, in subprocesses -------------------------------------------------------------------
 @pytest.mark.slow
-def test_dead_workers_ctrl_c_and_kill_9_then_the_same_command_completes_the_suite(tmp_path, store, tiny_ref):
-    """With ``--jobs 2``:
-
-    1. kill -9 of one worker: its run is FAILED with the reason and the suite goes on (another run
-       starts); then Ctrl-C (SIGINT to the process group, as a terminal sends it): the running
-       runs and the parent are KILLED, exit code 130;
-    2. the same command again, and kill -9 of its driver while it resumes them: its workers die
-       with it, and its runs stay RUNNING until an invocation looks;
-    3. the same command again: the dead parent and runs are marked KILLED with the reason, every
-       interrupted run continues in its own MLflow run from its checkpoint, finished runs are
-       reused, and every metric of every run equals the uninterrupted run's, step for step and
-       bit for bit."""
+def test_a_dead_worker_then_kill_9_of_the_driver_then_the_same_command_completes_the_suite(tmp_path, store, tiny_ref):
+    """With ``--jobs 2``: kill -9 of one worker fails its run, with the reason, and the suite goes
+    on (another run starts); then kill -9 of the driver: its workers die with it, its runs stay
+    RUNNING. The same command again marks the dead parent and runs KILLED with the reason,
+    continues every unfinished run in its own MLflow run from its checkpoint, reuses the finished
+    ones, and every metric of every run equals the uninterrupted run's, step for step and bit for
+    bit."""
     first = Cli(tmp_path, store, "--jobs", "2")
     victim = wait_for(lambda: checkpointed(store), "a checkpointed run", proc=first)
     os.kill(holder_pid(victim), signal.SIGKILL)
     client = MlflowClient(store)
     wait_for(lambda: client.get_run(victim.info.run_id).info.status == "FAILED", "the run to be FAILED", proc=first)
-    other = wait_for(lambda: checkpointed(store, exclude={victim.info.run_id}), "the suite to go on", proc=first)
-    os.killpg(first.pid, signal.SIGINT)
-    assert first.wait(60) == 130
-    assert "interrupted" in first.stderr and "SIGKILL" in first.stderr
     failed = client.get_run(victim.info.run_id)
-    assert failed.info.status == "FAILED" and "died of SIGKILL" in failed.data.tags["error"]
-    assert client.get_run(other.info.run_id).info.status == "KILLED"
-    assert {r.info.status for r in children(store)} <= {"FINISHED", "FAILED", "KILLED"}
-    assert parents(store)[-1].info.status == "KILLED"
-    ids = {r.info.run_id for r in children(store)}
+    assert "died of SIGKILL" in failed.data.tags["error"]
+    other = wait_for(lambda: checkpointed(store, exclude={victim.info.run_id}), "the suite to go on", proc=first)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    wait_for(lambda: not alive(holder_pid(other)), "its workers to die with the driver", timeout=10)
+    before = {r.info.run_id: r.info.status for r in children(store)}
+    assert before[other.info.run_id] == "RUNNING"  # dead, until an invocation looks
 
-    second = Cli(tmp_path, store, "--jobs", "2")
-
-    def resuming():
-        ps = parents(store)
-        if len(ps) < 2:
-            return None
-        mine = [r for r in children(store) if r.data.tags.get("mlflow.parentRunId") == ps[1].info.run_id]
-        return next((r for r in mine if r.info.status == "RUNNING" and holder_pid(r) != second.pid), None)
-
-    worker = holder_pid(wait_for(resuming, "the second invocation to resume a run in a worker", proc=second))
-    os.kill(second.pid, signal.SIGKILL)
-    second.wait()
-    wait_for(lambda: not alive(worker), "its worker to die with the driver", timeout=10)
-    assert "RUNNING" in {r.info.status for r in children(store)}  # dead, until an invocation looks
-
-    third = Cli(tmp_path, store, "--jobs", "2")
-    assert third.wait() == 0, third.stderr[-3000:]
-    assert "resumed" in third.stderr and "Traceback" not in third.stderr
+    again = Cli(tmp_path, store, "--jobs", "2")
+    assert again.wait() == 0, again.stderr[-3000:]
+    assert "resumed" in again.stderr and "Traceback" not in again.stderr
     runs = {r.info.run_id: r for r in children(store)}
-    assert set(runs) == ids  # no new run: each interrupted one continued in its own
+    assert set(runs) == set(before)  # no new run: each unfinished one continued in its own
     assert all(r.info.status == "FINISHED" for r in runs.values())
     assert "FAILED after epoch" in runs[victim.info.run_id].data.tags["vaebench.history"]  # its story is kept
-    one, two, three = parents(store)
-    assert one.info.status == "KILLED" and "Ctrl-C" in one.data.tags["vaebench.end_reason"]
-    assert two.info.status == "KILLED" and "is gone" in two.data.tags["vaebench.end_reason"]
-    assert three.info.status == "FINISHED"
-    outcomes = {r["outcome"] for r in _invocation(store, three)["runs"]}
-    assert "resumed" in outcomes and outcomes <= {"resumed", "reused"}
+    assert "KILLED after epoch" in runs[other.info.run_id].data.tags["vaebench.history"]
+    dead, live = parents(store)
+    assert dead.info.status == "KILLED" and "is gone" in dead.data.tags["vaebench.end_reason"]
+    outcomes = {r["run_id"]: r["outcome"] for r in _invocation(store, live)["runs"]}
+    assert outcomes[victim.info.run_id] == outcomes[other.info.run_id] == "resumed"
+    assert {o for rid, o in outcomes.items() if before[rid] == "FINISHED"} <= {"reused"}
     assert_same_numbers(histories(store), tiny_ref[1])
 
 
 @pytest.mark.slow
-def test_the_same_suite_twice_at_once_shares_the_runs(tmp_path, store, tiny_ref):
-    """Two invocations of one suite started together (``--jobs 1``): the one that claims the runs
-    first computes them, the other waits for them rather than computing them again. The first is
-    stopped with Ctrl-C (at its next epoch: KILLED, exit 130); the other takes its runs over,
-    resumes them and finishes them, with the uninterrupted run's numbers."""
-    a, b = Cli(tmp_path, store), Cli(tmp_path, store)
+def test_the_same_suite_twice_at_once_shares_the_runs_and_ctrl_c_stops_one(tmp_path, store, tiny_ref):
+    """Two invocations of one suite started together (``--jobs 2``): the one that claims the runs
+    first computes them, the other waits for them rather than computing them again. Ctrl-C (SIGINT
+    to its process group, as a terminal sends it) stops the first after the epochs in progress:
+    its runs and its parent KILLED, exit code 130. The other takes the runs over, resumes them and
+    finishes them, with the uninterrupted run's numbers."""
+    a, b = Cli(tmp_path, store, "--jobs", "2"), Cli(tmp_path, store, "--jobs", "2")
 
     def claimed():
         watcher = next((c for c in (a, b) if "running elsewhere" in c.stderr and "0 running elsewhere" not in c.stderr), None)
-        worker = b if watcher is a else a
-        return (watcher, worker) if watcher and checkpointed(store) else None
+        computer = b if watcher is a else a
+        return (watcher, computer) if watcher and checkpointed(store) else None
 
     watcher, computer = wait_for(claimed, "one invocation to compute and the other to wait")
     os.killpg(computer.pid, signal.SIGINT)
     assert computer.wait(60) == 130
+    assert "interrupted" in computer.stderr and "Traceback" not in computer.stderr
+    (first, *_) = parents(store)
+    assert first.info.status == "KILLED" and "Ctrl-C" in first.data.tags["vaebench.end_reason"]
     assert watcher.wait() == 0, watcher.stderr[-3000:]
     assert "resuming it here" in watcher.stderr
     runs = children(store)
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    assert any("KILLED after epoch" in r.data.tags.get("vaebench.history", "") for r in runs)
     outcomes = {r["outcome"] for r in _invocation(store, parents(store)[1])["runs"]}
     assert "resumed" in outcomes and outcomes <= {"resumed", "reused"}
     assert_same_numbers(histories(store), tiny_ref[1])
