@@ -187,7 +187,7 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
     # a constructor: off while the run executes.
     validate = torch.distributions.Distribution._validate_args
     torch.distributions.Distribution.set_default_validate_args(False)
-    resumed = None
+    resumed = log = None
     try:
         state = checkpoints.latest()
         resumed = state["epoch"] if state is not None else None
@@ -219,6 +219,8 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
                        traceback=tb, resumed_from=resumed)
     except KeyboardInterrupt:
         try:
+            if log is not None:
+                log.flush()  # what was logged before the interrupt is kept
             client.log_batch(job.run_id, tags=_tags({"vaebench.end_reason": "interrupted (Ctrl-C or the driver's stop)"}))
             client.set_terminated(job.run_id, "KILLED")
         except Exception:  # noqa: BLE001, S110 - interrupted inside a store write: the next invocation marks it
