@@ -100,8 +100,8 @@ def holder_alive(tags: dict[str, str], now: float | None = None) -> bool:
             os.kill(int(pid), 0)
         except ProcessLookupError:
             return False
-        except PermissionError:  # another user's process with that pid: not ours
-            return False
+        except PermissionError:  # another user's process: it exists; its start time says whose
+            pass
         now_start = _start_time(int(pid))
         if start or now_start:
             return now_start == start
