@@ -378,7 +378,7 @@ class Invocation:
                     polled = time.monotonic()
                     todo += self._poll()
                 pr.tick()
-            if self.stopping:
+            if self.stopping and (todo or self.inflight or self.watch):  # not when all is done anyway
                 raise KeyboardInterrupt
         except KeyboardInterrupt:
             for sig in previous:
