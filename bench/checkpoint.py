@@ -91,7 +91,9 @@ class ArtifactCheckpoints:
     """The checkpoints of one run, in its artifact store (see the module docstring)."""
 
     def __init__(self, client, run_id: str) -> None:
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        from mlflow.store.artifact.artifact_repository_registry import (
+            get_artifact_repository,
+        )
 
         self.client = client
         self.run_id = run_id

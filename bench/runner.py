@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 
 from bench import tracking, worker
 from bench.config import RunConfig
-from bench.progress import SuiteProgress
 from bench.errors import BenchError, ConfigError
+from bench.progress import SuiteProgress
 from bench.worker import Job, Outcome
 
 KEY_VERSION = 1
