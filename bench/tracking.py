@@ -12,23 +12,38 @@ Layout (the plots, the UI and external checks read these names):
   config; artifacts ``config.json``, ``samples.png``, ``reconstructions.png``, ``model.pt``,
   ``figures/curves.png``.
 
+Suite runs (``bench.runner``) add: on every child the tag ``vaebench.run_key`` (its identity) and
+``vaebench.attempt`` (the token of the attempt allowed to write to it); on parents and children the
+lease of the process executing them, ``vaebench.host``, ``vaebench.pid`` (``pid@start-time``) and
+``vaebench.heartbeat`` (unix seconds, refreshed every :data:`HEARTBEAT_S`): a run is alive while
+that process is (same host) or its heartbeat is fresh (another host), see :func:`holder_alive`.
+
 Metrics are sent with one ``log_batch`` call per epoch (a single sqlite call costs milliseconds).
 The default store is explicit: ``sqlite:///<cwd>/mlflow.db``, overridden by ``--tracking-uri`` or
-``MLFLOW_TRACKING_URI``.
+``MLFLOW_TRACKING_URI``. A sqlite store is created, and its experiments, under a lock file beside
+it (``mlflow.db.lock``): several processes creating one store at once otherwise collide in
+MLflow's schema migration.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import torch
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parent.parent
+HOST = socket.gethostname()
+HEARTBEAT_S = 30.0  # how often a live driver or worker refreshes vaebench.heartbeat
+STALE_S = 180.0  # a heartbeat older than this, from another host, is a dead process
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -41,6 +56,80 @@ def artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
     return None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Exclusive across processes for a sqlite store (a lock file beside it, its directory made
+    if needed); nothing for a server or database URI (they serialize their own writes)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db.with_name(db.name + ".lock"))):
+        yield
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), '' elsewhere: with the pid it
+    names one process, not a later one that reuses the number. A zombie counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3, starttime 22
+    return "" if fields[0] in ("Z", "X") else fields[19]
+
+
+def lease_tags() -> dict[str, str]:
+    """The tags that name this process as the holder of a run."""
+    return {"vaebench.host": HOST, "vaebench.pid": f"{os.getpid()}@{_start_time(os.getpid())}",
+            "vaebench.heartbeat": str(int(time.time()))}
+
+
+def holder_alive(tags: dict[str, str], now: float | None = None) -> bool:
+    """Whether the process named by a run's lease tags still runs: on this host, by its pid and
+    start time; on another host (or where start times are unknown), by a heartbeat fresher than
+    :data:`STALE_S`."""
+    pid, _, start = tags.get("vaebench.pid", "").partition("@")
+    if tags.get("vaebench.host") == HOST and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process: it exists; its start time says whose
+            pass
+        now_start = _start_time(int(pid))
+        if start or now_start:
+            return now_start == start
+    beat = tags.get("vaebench.heartbeat", "")
+    return bool(beat) and (now or time.time()) - float(beat) < STALE_S
+
+
+class Heartbeat:
+    """A daemon thread that refreshes ``vaebench.heartbeat`` on ``run_id`` every ``every`` seconds
+    and calls ``check(run)`` with the run read back (the worker's fence); stop() ends it."""
+
+    def __init__(self, client: MlflowClient, run_id: str, every: float = HEARTBEAT_S, check=None) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(client, run_id, every, check),
+                                        name=f"heartbeat {run_id}", daemon=True)
+        self._thread.start()
+
+    def _beat(self, client, run_id, every, check) -> None:
+        while not self._stop.wait(every):
+            try:
+                client.set_tag(run_id, "vaebench.heartbeat", str(int(time.time())))
+                if check is not None:
+                    check(client.get_run(run_id))
+            except Exception:  # noqa: BLE001, S110 - a store that is briefly away: try again next beat
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def git_commit() -> str:
@@ -70,8 +159,13 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(suite)
         if exp is None:
-            self.experiment_id = self.client.create_experiment(suite, artifact_location=artifact_root(uri))
-        else:
+            try:
+                self.experiment_id = self.client.create_experiment(suite, artifact_location=artifact_root(uri))
+            except MlflowException:  # created by another invocation in between (a server store)
+                exp = self.client.get_experiment_by_name(suite)
+                if exp is None:
+                    raise
+        if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
@@ -83,7 +177,7 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
-            tags={"vaebench.role": "parent", "vaebench.suite": self.suite, **tags},
+            tags={"vaebench.role": "parent", "vaebench.suite": self.suite, **lease_tags(), **tags},
         )
         self.parent_id = run.info.run_id
         self.client.log_batch(self.parent_id, params=[Param(k, v) for k, v in params.items()])
@@ -99,6 +193,22 @@ class Tracker:
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run.info.run_id, params=items[i : i + 100])
         return run.info.run_id
+
+    def search(self, role: str) -> list:
+        """Every run of the experiment with ``vaebench.role = role`` (all pages)."""
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], f"tags.`vaebench.role` = '{role}'",
+                                           max_results=1000, page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+    def reopen(self, run_id: str, tags: dict[str, str]) -> None:
+        """An existing run continues (resumed): RUNNING again, with ``tags``."""
+        self.client.update_run(run_id, status="RUNNING")
+        self.set_tags(run_id, tags)
 
     def log_metrics(self, run_id: str, values: dict[str, float], step: int | None) -> None:
         ts = int(time.time() * 1000)

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 import variants
-from bench import metrics, objectives
+from bench import checkpoint, metrics, objectives
 from bench.config import RunConfig
 from bench.data import Dataset
 from bench.errors import ConfigError, NonFiniteLoss
@@ -45,6 +45,9 @@ from bench.schedules import LR_SCHEDULES
 from variants.base import Decoder
 
 LogFn = Callable[[dict[str, float], int | None], None]
+# checkpoint(epoch, state): called after every epoch is logged; ``state()`` builds the checkpoint
+# (bench.checkpoint.capture), so a hook that skips an epoch pays nothing for it
+CheckpointFn = Callable[[int, Callable[[], dict]], None]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -228,7 +231,11 @@ def evaluate_ais(
     return out, gap_px
 
 
-def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], None] = lambda s: None) -> RunResult:
+def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], None] = lambda s: None,
+        checkpoint_fn: CheckpointFn | None = None, resume: dict | None = None) -> RunResult:
+    """Train and evaluate one run. ``resume``: a checkpoint of this run (``bench.checkpoint``);
+    training continues after its epoch with every generator where it was, so the numbers are
+    those of the uninterrupted run."""
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -247,8 +254,11 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
     grad_x = data.train_epoch(torch.Generator(device=device).manual_seed(0))[: cfg.grad_batch]
     metrics.reset_peak_memory(device)
 
-    step, timed_s, timed_n, train_s = 0, 0.0, 0, 0.0
-    for epoch in range(1, cfg.epochs + 1):
+    done, step, (timed_s, timed_n, train_s) = 0, 0, (0.0, 0, 0.0)
+    if resume is not None:  # after the built model's initialization: the checkpoint overwrites it
+        done, step, (timed_s, timed_n, train_s) = checkpoint.restore(resume, model, optimizer, gen, objective,
+                                                                     own_optimizer)
+    for epoch in range(done + 1, cfg.epochs + 1):
         model.train()
         for group in optimizer.param_groups:
             group["lr"] = LR_SCHEDULES[cfg.lr_schedule](cfg.lr, epoch)
@@ -282,6 +292,10 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
             row.update(measure(model, cfg, data, grad_x, epoch, final=False, objective=objective))
         log(row, epoch)
         progress(f"epoch {epoch:>3}/{cfg.epochs}  train {train_bound:9.3f}  val/elbo {val['elbo']:9.3f}  {n / dt:10,.0f} ex/s")
+        if checkpoint_fn is not None:  # after the log: killed in between, the resumed run redoes
+            # this epoch and its logger drops the steps the run already has (bench.worker)
+            checkpoint_fn(epoch, lambda: checkpoint.capture(epoch, step, model, optimizer, gen, (timed_s, timed_n, train_s),
+                                                            objective, own_optimizer))
 
     # -- final evaluation (not part of the training time) ----------------------------------------
     model.eval()

@@ -52,15 +52,16 @@ def _check_loopback(host: str) -> None:
         )
 
 
-def server_command(tracking_uri: str, host: str = LOOPBACK, port: int = 5000) -> list[str]:
-    """The ``mlflow server`` command line for ``tracking_uri`` (a sqlite or database URI)."""
+def server_command(tracking_uri: str, host: str = LOOPBACK, port: int = 5000, artifacts: str | None = None) -> list[str]:
+    """The ``mlflow server`` command line for ``tracking_uri`` (a sqlite or database URI);
+    ``artifacts``: the directory of proxied artifacts (default: beside a sqlite store)."""
     if tracking_uri.startswith(("http://", "https://")):
         raise BenchError(f"{tracking_uri} is already a tracking server: open it in a browser")
     from bench.tracking import artifact_root
 
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
            "--host", host, "--port", str(port), "--workers", "1"]
-    root = artifact_root(tracking_uri)
+    root = artifacts or artifact_root(tracking_uri)
     if root is not None:
         cmd += ["--serve-artifacts", "--artifacts-destination", root]
     return cmd
@@ -73,7 +74,8 @@ def _env() -> dict[str, str]:
     return env
 
 
-def start(tracking_uri: str, port: int, host: str = LOOPBACK, log: Path | None = None) -> subprocess.Popen:
+def start(tracking_uri: str, port: int, host: str = LOOPBACK, log: Path | None = None,
+          artifacts: str | None = None) -> subprocess.Popen:
     """Start ``mlflow server`` for the store; return the process (leader of its own process group).
 
     Its output goes to ``log`` if given, else to this process's stdout/stderr. The port must be
@@ -88,7 +90,7 @@ def start(tracking_uri: str, port: int, host: str = LOOPBACK, log: Path | None =
             raise BenchError(f"cannot serve on {host}:{port}: {e.strerror}; choose another --port") from None
     out = open(log, "ab") if log is not None else None  # noqa: SIM115 (the child owns it)
     try:
-        return subprocess.Popen(server_command(tracking_uri, host, port), env=_env(),
+        return subprocess.Popen(server_command(tracking_uri, host, port, artifacts), env=_env(),
                                 stdout=out, stderr=subprocess.STDOUT if out else None,
                                 start_new_session=True)  # own group: stop() reaches the workers
     finally:
@@ -143,19 +145,21 @@ def _raise_stop(signum, frame):
     raise _Stop
 
 
-def serve(tracking_uri: str, host: str = LOOPBACK, port: int = 5000) -> int:
+def serve(tracking_uri: str, host: str = LOOPBACK, port: int = 5000, artifacts: str | None = None,
+          banner: str | None = None) -> int:
     """Serve the UI for ``tracking_uri`` until Ctrl-C / SIGTERM; return the exit code.
 
-    0 when stopped by the user; the server's own exit code if it ends by itself.
+    0 when stopped by the user; the server's own exit code if it ends by itself. ``banner``
+    replaces the first line printed (which names the store: not a database password).
     """
-    proc = start(tracking_uri, port, host)
+    proc = start(tracking_uri, port, host, artifacts=artifacts)
     # The server runs in its own session, so a terminal's Ctrl-C reaches only this process: both
     # signals are handled here (explicitly, also where SIGINT was inherited as ignored).
     old = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     base = f"http://{host}:{port}"
     try:
         wait_healthy(base, timeout=120, proc=proc)
-        print(f"MLflow UI for {tracking_uri} at {base}/", flush=True)
+        print(banner or f"MLflow UI for {tracking_uri} at {base}/", flush=True)
         from mlflow import MlflowClient
 
         for exp in MlflowClient(tracking_uri).search_experiments():

@@ -60,3 +60,20 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedPr
     return subprocess.run(
         [sys.executable, "-m", "bench", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+TINY_EPOCHS = "epochs=12"  # long enough to interrupt a run between its checkpoints
+
+
+@pytest.fixture(scope="session")
+def tiny_ref(tmp_path_factory, _empty_store) -> tuple[str, dict]:
+    """The tiny suite at 12 epochs, uninterrupted, with ``--jobs 1`` (in this process): the
+    reference every executor and every resumed suite must reproduce. (tracking URI, histories)."""
+    from bench import cli
+    from tests.runs import histories
+
+    root = tmp_path_factory.mktemp("tiny_ref")
+    shutil.copy(_empty_store, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    assert cli.main(["run", "--suite", str(TINY), "--tracking-uri", uri, "--set", TINY_EPOCHS]) == 0
+    return uri, histories(uri)

@@ -1,0 +1,333 @@
+"""One run, executed where an executor put it: the driver's own process (``--jobs 1``), a local
+worker process, a Ray task or a Slurm job. The driver has already created the MLflow run; the
+worker only logs to it (nested runs cannot be created from Ray workers, and one place creating
+them keeps an invocation's layout in one piece).
+
+:func:`execute` takes a :class:`Job` (picklable: it travels to Ray and submitit) and returns an
+:class:`Outcome`. In order:
+
+1. the fence: the run's tag ``vaebench.attempt`` must still be the job's token (a newer attempt
+   may have taken the run over, e.g. after the driver that queued this Slurm job died);
+   re-checked at every heartbeat, and the job stops at its next epoch if it moved;
+2. the lease: the run's ``vaebench.host``/``vaebench.pid`` become this process's, refreshed by a
+   heartbeat thread (``bench.tracking``), so a later invocation can tell a live run from a dead one;
+3. the data, loaded here by name (workers may be on other nodes);
+4. the newest checkpoint of the run, if any (``bench.checkpoint``), and every (metric, step) the
+   run already holds after it: a kill between logging an epoch and checkpointing it makes the
+   resumed run compute that epoch again, and its logger drops what the store already has, so
+   each step is in the store exactly once;
+5. ``bench.train.run`` with a per-epoch checkpoint hook, the artifacts (sample and
+   reconstruction grids, curves, final weights), the checkpoints deleted, the run FINISHED.
+
+A run whose bound turns non-finite, or that raises, is FAILED with the error as the tag ``error``
+(and the traceback in the outcome, for the driver to print). A stop (:func:`request_stop`: the
+driver's Ctrl-C, or its SIGTERM to a worker process) is taken at the next epoch boundary, after
+that epoch's checkpoint, never in the middle of a write to the store; a KeyboardInterrupt (a Ray
+cancel) is taken where it lands. Either marks the run KILLED and is re-raised. Deaths (SIGKILL, a
+segfault, the out-of-memory killer) are seen, and marked, by the executor's driver side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.errors import BenchError
+
+ProgressFn = Callable[[str, int, str], None]  # (run_id, epoch, line)
+
+
+@dataclass
+class Job:
+    """What a worker needs to execute one planned run (plain data: it is pickled to workers)."""
+
+    uri: str
+    run_id: str
+    attempt: str  # the fencing token: the run's vaebench.attempt tag when the job was handed out
+    run_key: str
+    run_name: str
+    config: dict  # RunConfig fields, the device resolved by the driver
+    threads: int
+    checkpoint_every: float = 0.0  # seconds between checkpoints; 0 = every epoch
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    status: str  # FINISHED | FAILED | KILLED | SUPERSEDED
+    final: dict[str, float] = field(default_factory=dict)
+    error: str = ""  # one line, also the run's "error" tag
+    traceback: str = ""  # for crashes (bugs, exhausted devices): what helps
+    resumed_from: int | None = None  # the checkpoint's epoch, when the run continued one
+    marked: bool = True  # the run's status is already set (False: the driver must set it)
+
+
+_STOP = threading.Event()
+
+
+def request_stop(*_) -> None:
+    """Stop the run in progress at its next epoch boundary (usable as a signal handler)."""
+    _STOP.set()
+
+
+def clear_stop() -> None:
+    """A new invocation in this process starts without the last one's stop request."""
+    _STOP.clear()
+
+
+class Superseded(Exception):
+    """Another attempt holds the run now: stop without touching it."""
+
+
+class RunLogger:
+    """``log(metrics, step)`` for one run, buffered until :meth:`flush`: each (metric, step) at
+    most once in the store. A flush is one store write: the metrics since the last one, the tag
+    ``vaebench.epoch`` (the driver's progress for remote workers) and the caller's tags (the
+    epoch's checkpoint), so a sqlite store sees one transaction per epoch."""
+
+    def __init__(self, client, run_id: str, after: int, check: Callable[[], None] = lambda: None) -> None:
+        self.client, self.run_id, self.check = client, run_id, check
+        self.pending: list = []
+        self.step = 0
+        run = client.get_run(run_id)
+        self.have = {
+            (key, m.step)
+            for key in run.data.metrics
+            for m in client.get_metric_history(run_id, key)
+            if m.step > after
+        }
+
+    def __call__(self, values: dict[str, float], step: int | None) -> None:
+        from mlflow.entities import Metric
+
+        self.check()
+        self.step = step or 0
+        ts = int(time.time() * 1000)
+        new = [(k, v) for k, v in values.items() if (k, self.step) not in self.have]
+        self.have.update((k, self.step) for k, _ in new)
+        self.pending += [Metric(k, float(v), ts, self.step) for k, v in new]
+
+    def flush(self, tags: dict[str, str] | None = None) -> None:
+        from mlflow.entities import RunTag
+
+        self.check()
+        ms, self.pending = self.pending, []
+        tag_list = [RunTag(k, v) for k, v in ({"vaebench.epoch": str(self.step)} | (tags or {})).items()]
+        for i in range(0, max(len(ms), 1), 1000):
+            self.client.log_batch(self.run_id, metrics=ms[i : i + 1000], tags=tag_list if i == 0 else [])
+
+
+_DATA: dict[tuple, object] = {}  # datasets kept by a long-lived worker process between its runs
+
+
+def _dataset(cfg):
+    from bench import data, train
+
+    key = (cfg.dataset, cfg.binarization, cfg.data_dir, cfg.device, cfg.val_size)
+    if key not in _DATA:
+        _DATA.clear()  # one at a time: a worker moving to another dataset frees the last
+        _DATA[key] = data.load(cfg.dataset, binarization=cfg.binarization, data_dir=cfg.data_dir,
+                               device=train.resolve_device(cfg.device), n_val=cfg.val_size or None)
+    return _DATA[key]
+
+
+def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
+    """Run ``job`` to its end in this process (see the module docstring)."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from bench import tracking, train
+    from bench.checkpoint import ArtifactCheckpoints
+    from bench.config import RunConfig
+
+    client = MlflowClient(job.uri)
+    if client.get_run(job.run_id).data.tags.get("vaebench.attempt") != job.attempt:
+        return Outcome(job.run_id, "SUPERSEDED", marked=False)
+    client.update_run(job.run_id, status="RUNNING")
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    cfg = RunConfig(**job.config)
+    device = train.resolve_device(cfg.device)
+    client.log_batch(job.run_id, tags=_tags(tracking.lease_tags() | {"device_name": tracking.device_name(device)}))
+
+    checkpoints = ArtifactCheckpoints(client, job.run_id)
+    superseded = [False]
+
+    def fence(run) -> None:  # from the heartbeat thread; the loop stops at its next log or checkpoint
+        if run.data.tags.get("vaebench.attempt") != job.attempt:
+            superseded[0] = True
+
+    def check() -> None:
+        if superseded[0]:
+            raise Superseded(f"run {job.run_id} was taken over by a newer attempt")
+
+    last = [0.0]
+
+    def save(epoch: int, capture) -> None:  # after every epoch's log: its metrics and checkpoint, one write
+        check()
+        now = time.monotonic()
+        if epoch == cfg.epochs or now - last[0] >= job.checkpoint_every or _STOP.is_set():
+            checkpoints.save(capture(), write_tags=log.flush)
+            last[0] = now
+        else:
+            log.flush()
+        if _STOP.is_set() and epoch < cfg.epochs:  # the epoch is stored: a safe place to stop
+            raise KeyboardInterrupt
+
+    show = (lambda line: progress(job.run_id, _epoch_of(line), line)) if progress else (lambda line: None)
+    heartbeat = tracking.Heartbeat(client, job.run_id, check=fence)
+    # Argument validation of torch.distributions costs time on every call of the hot path, and a
+    # diverging run must reach the loop's finiteness check (NonFiniteLoss) rather than die inside
+    # a constructor: off while the run executes.
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    resumed = log = None
+    try:
+        state = checkpoints.latest()
+        resumed = state["epoch"] if state is not None else None
+        log = RunLogger(client, job.run_id, after=resumed or 0, check=check)
+        ds = _dataset(cfg)
+        try:
+            result = train.run(cfg, ds, log, show, checkpoint_fn=save, resume=state)
+        except Exception:
+            log.flush()  # what was logged before the error (non-finite final metrics, say)
+            raise
+        # Not on a BaseException: an interrupt or submitit's requeue (SystemExit, raised by its
+        # preemption signal handler) may land inside a store write, whose transaction is left
+        # open until this process exits and rolls it back; the resumed run recomputes the epoch.
+        log.flush()  # the final metrics
+        log_artifacts(client, job.run_id, result.model, ds)
+        checkpoints.clear()
+    except Superseded:
+        return Outcome(job.run_id, "SUPERSEDED", resumed_from=resumed, marked=False)
+    except Exception as e:  # noqa: BLE001 - one broken run must not cost the suite the others
+        error = f"{type(e).__name__}: {e}"
+        # a user-facing error (NaN loss, a config the variant rejects at run time) is its message;
+        # a bug or an exhausted device: the traceback is what helps
+        tb = "" if isinstance(e, BenchError) else traceback.format_exc()
+        if torch.cuda.is_initialized():  # after an out-of-memory error, the next run gets the memory back
+            torch.cuda.empty_cache()
+        client.log_batch(job.run_id, tags=_tags({"error": error[:5000], "vaebench.end_reason": error[:5000]}))
+        client.set_terminated(job.run_id, "FAILED")
+        return Outcome(job.run_id, "FAILED", error=str(e) if isinstance(e, BenchError) else error,
+                       traceback=tb, resumed_from=resumed)
+    except KeyboardInterrupt:
+        try:
+            if log is not None:
+                log.flush()  # what was logged before the interrupt is kept
+            client.log_batch(job.run_id, tags=_tags({"vaebench.end_reason": "interrupted (Ctrl-C or the driver's stop)"}))
+            client.set_terminated(job.run_id, "KILLED")
+        except Exception:  # noqa: BLE001, S110 - interrupted inside a store write: the next invocation marks it
+            pass
+        raise
+    finally:
+        heartbeat.stop()
+        torch.distributions.Distribution.set_default_validate_args(validate)
+    client.set_terminated(job.run_id, "FINISHED")
+    return Outcome(job.run_id, "FINISHED", final=result.final, resumed_from=resumed)
+
+
+def _tags(tags: dict[str, str]):
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, str(v)) for k, v in tags.items()]
+
+
+def _epoch_of(line: str) -> int:
+    """``"epoch  7/100  train ..."`` -> 7; the final line (no epoch) -> -1."""
+    parts = line.split()
+    return int(parts[1].split("/")[0]) if parts and parts[0] == "epoch" else -1
+
+
+def job_config(cfg, device: str) -> dict:
+    """The RunConfig of a planned run as plain data, with its resolved device."""
+    return dataclasses.asdict(cfg) | {"device": device}
+
+
+def save_grid(images, path: Path, nrow: int = 8, padding: int = 2, pad_value: float = 0.5) -> None:
+    """``images: [N, C, H, W]`` in [0, 1] as one PNG, ``nrow`` per row with ``padding`` pixels
+    of ``pad_value`` between them (torchvision's ``save_image`` layout, without importing
+    torchvision: it costs seconds in every worker)."""
+    import torch
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    rows = -(-n // nrow)
+    grid = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
+    for i, img in enumerate(images):
+        r, col = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[:, top : top + h, left : left + w] = img
+    pixels = (grid.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0)
+    Image.fromarray(pixels.squeeze(-1).numpy() if c == 1 else pixels.numpy()).save(path)
+
+
+def log_artifacts(client, run_id: str, model, ds) -> None:
+    """Samples and reconstructions as PNG grids, the per-run curves figure, the final weights."""
+    import torch
+
+    from bench import plots
+
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        tmp = Path(tmp)
+        if len(ds.x_shape) == 3:  # images
+            model.eval()
+            # nearest-neighbour upscaling so that 8x8 digits are legible in the UI (28x28 stays 1:1)
+            scale = max(1, 32 // ds.x_shape[-1])
+
+            def grid(images, name: str) -> None:
+                images = torch.nn.functional.interpolate(images.float().cpu(), scale_factor=scale, mode="nearest")
+                save_grid(images, tmp / name)
+                client.log_artifact(run_id, str(tmp / name))
+
+            grid(model.sample(64, mean=True), "samples.png")
+            x = ds.test[:32]
+            recon = model.reconstruct(x).reshape(len(x), *ds.x_shape)
+            grid(torch.stack([x.reshape(len(x), *ds.x_shape), recon], 1).flatten(0, 1), "reconstructions.png")
+        else:  # vectors: scatter plots of model samples against test data, reconstructions against data
+            for name in _vector_figures(model, ds.test[:500], tmp):
+                client.log_artifact(run_id, str(tmp / name))
+        hist = {
+            key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+            for key in ("train/loss", "val/elbo", "gap/approximation", "gap/amortization")
+        }
+        plots.run_figure({k: v for k, v in hist.items() if v}, tmp / "curves.png")
+        client.log_artifact(run_id, str(tmp / "curves.png"), "figures")
+        torch.save(model.state_dict(), tmp / "model.pt")
+        client.log_artifact(run_id, str(tmp / "model.pt"))
+
+
+def _vector_figures(model, x, tmp: Path) -> list[str]:
+    """``samples.png``: 500 model samples over the test data in the first two coordinates;
+    ``reconstructions.png``: every coordinate's reconstruction against its value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = model.sample(len(x)).reshape(len(x), -1).cpu()
+    r = model.reconstruct(x).reshape(len(x), -1).cpu()
+    x = x.reshape(len(x), -1).cpu()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(x[:, 0], x[:, 1], s=6, alpha=0.5, label="test data")
+    ax.scatter(s[:, 0], s[:, 1], s=6, alpha=0.5, label="model samples")
+    ax.set(xlabel="x[0]", ylabel="x[1]", title="samples vs data")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(tmp / "samples.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(x.flatten(), r.flatten(), s=3, alpha=0.3)
+    lo, hi = float(x.min()), float(x.max())
+    ax.plot([lo, hi], [lo, hi], color="k", lw=1)
+    ax.set(xlabel="x (every coordinate)", ylabel="reconstruction mean", title="reconstructions")
+    fig.tight_layout()
+    fig.savefig(tmp / "reconstructions.png", dpi=100)
+    plt.close(fig)
+    return ["samples.png", "reconstructions.png"]
