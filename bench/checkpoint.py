@@ -31,6 +31,7 @@ containers, no code.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import tempfile
 from pathlib import Path
@@ -47,7 +48,7 @@ def capture(epoch: int, step: int, model: torch.nn.Module, optimizer: torch.opti
             own_optimizer: torch.optim.Optimizer | None = None) -> dict:
     """The loop's state after ``epoch`` (completed and logged), as tensors and plain containers.
     ``objective``/``own_optimizer``: a trainable objective (an ``nn.Module``) and its optimizer."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002 - the legacy global generator is the state to save
     trainable = isinstance(objective, torch.nn.Module)
     return {
         "objective": objective.state_dict() if trainable else {},
@@ -87,7 +88,7 @@ def restore(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimize
     if state["cuda_rng"]:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     name, keys, *rest = state["numpy_rng"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))  # noqa: NPY002 - as above
     random.setstate(_tuples(state["python_rng"]))
     timed_s, timed_n, train_s = state["counters"]
     return state["epoch"], state["step"], (timed_s, int(timed_n), train_s)
@@ -148,7 +149,5 @@ class ArtifactCheckpoints:
             self._current = None
 
     def _delete(self, path: str) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self._repo.delete_artifacts(path)
-        except Exception:  # noqa: BLE001, S110 - a store that cannot delete keeps a stale file, nothing worse
-            pass

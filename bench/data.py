@@ -154,7 +154,11 @@ def _digits(data_dir: Path):
 
 def _read_idx_images(path: Path) -> np.ndarray:
     """An IDX3 image file (optionally gzipped) -> ``[N, rows*cols]`` float32 in [0, 1]."""
-    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    if path.suffix == ".gz":
+        with gzip.open(path) as f:
+            raw = f.read()
+    else:
+        raw = path.read_bytes()
     if int.from_bytes(raw[:4], "big") != 2051:
         raise DatasetUnavailable(f"{path} is not an IDX image file")
     n, rows, cols = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))

@@ -27,6 +27,7 @@ Workers never create runs; outcomes the worker could not report (a death) come b
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing as mp
 import multiprocessing.connection
@@ -81,10 +82,8 @@ class Inline:
 def _die_with(driver: int) -> None:
     """Linux: the kernel SIGKILLs this process when its parent dies, even by kill -9. The parent
     is the fork server, which exits when the driver does."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
     try:
         os.kill(driver, 0)
     except ProcessLookupError:  # the driver died before prctl
@@ -217,10 +216,8 @@ class LocalProcesses:
         KILLED); SIGKILL after ``grace`` seconds. Returns the run ids whose workers did not report."""
         busy = self._busy()
         for s in busy:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(s.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + grace
         left = []
         while self._busy() and time.monotonic() < deadline:
@@ -236,10 +233,8 @@ class LocalProcesses:
     def close(self) -> None:
         for s in self.slots:
             if s.proc is not None and s.proc.is_alive():
-                try:
+                with contextlib.suppress(OSError, ValueError):
                     s.conn.send(None)
-                except (OSError, ValueError):
-                    pass
         for s in self.slots:
             if s.proc is not None:
                 s.proc.join(5)
@@ -392,7 +387,7 @@ class SlurmJobs:
         job = self.jobs.pop(j)
         try:
             return j.result()
-        except Exception as e:  # noqa: BLE001 - submitit's FailedJobError, UncompletedJobError, ...
+        except Exception as e:
             first = str(e).strip().splitlines()
             return Outcome(job.run_id, "FAILED", error=f"job {j.job_id} ({j.state}): {first[0] if first else type(e).__name__}"[:2000],
                            marked=False)

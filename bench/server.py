@@ -88,7 +88,8 @@ class LocalPostgres:
             self.password_file.write_text(secrets.token_urlsafe(24))
             self.password_file.chmod(0o600)
             self._own(self.password_file)
-            if self._as_postgres and subprocess.run(["runuser", "-u", "postgres", "--", "test", "-w", str(self.datadir)], check=False).returncode:
+            writable = ["runuser", "-u", "postgres", "--", "test", "-w", str(self.datadir)]
+            if self._as_postgres and subprocess.run(writable, check=False).returncode:
                 raise BenchError(f"the postgres user cannot write {self.datadir} (as root, the cluster runs as postgres): "
                                  "choose a --root that it can reach")
             self._run("initdb", "-D", str(self.datadir), "-U", self.USER, f"--pwfile={self.password_file}",

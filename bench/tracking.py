@@ -125,7 +125,7 @@ class Heartbeat:
                 client.set_tag(run_id, "vaebench.heartbeat", str(int(time.time())))
                 if check is not None:
                     check(client.get_run(run_id))
-            except Exception:  # noqa: BLE001, S110 - a store that is briefly away: try again next beat
+            except Exception:
                 pass
 
     def stop(self) -> None:

@@ -28,6 +28,7 @@ and around the timed sections; nothing syncs per step.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -294,8 +295,9 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
         progress(f"epoch {epoch:>3}/{cfg.epochs}  train {train_bound:9.3f}  val/elbo {val['elbo']:9.3f}  {n / dt:10,.0f} ex/s")
         if checkpoint_fn is not None:  # after the log: killed in between, the resumed run redoes
             # this epoch and its logger drops the steps the run already has (bench.worker)
-            checkpoint_fn(epoch, lambda: checkpoint.capture(epoch, step, model, optimizer, gen, (timed_s, timed_n, train_s),
-                                                            objective, own_optimizer))
+            state = functools.partial(checkpoint.capture, epoch, step, model, optimizer, gen, (timed_s, timed_n, train_s),
+                                      objective, own_optimizer)  # called (or not) by checkpoint_fn, now
+            checkpoint_fn(epoch, state)
 
     # -- final evaluation (not part of the training time) ----------------------------------------
     model.eval()

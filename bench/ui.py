@@ -17,6 +17,7 @@ collapsed under their parent run).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import signal
@@ -126,10 +127,8 @@ def stop(proc: subprocess.Popen, timeout: float = 10.0) -> int:
             proc.wait()
         except ProcessLookupError:
             pass
-    try:  # workers left behind by a server that died on its own
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # workers of a server that died on its own
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     return proc.wait()
 
 

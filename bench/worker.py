@@ -206,7 +206,7 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
         checkpoints.clear()
     except Superseded:
         return Outcome(job.run_id, "SUPERSEDED", resumed_from=resumed, marked=False)
-    except Exception as e:  # noqa: BLE001 - one broken run must not cost the suite the others
+    except Exception as e:
         error = f"{type(e).__name__}: {e}"
         # a user-facing error (NaN loss, a config the variant rejects at run time) is its message;
         # a bug or an exhausted device: the traceback is what helps
@@ -223,7 +223,7 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
                 log.flush()  # what was logged before the interrupt is kept
             client.log_batch(job.run_id, tags=_tags({"vaebench.end_reason": "interrupted (Ctrl-C or the driver's stop)"}))
             client.set_terminated(job.run_id, "KILLED")
-        except Exception:  # noqa: BLE001, S110 - interrupted inside a store write: the next invocation marks it
+        except Exception:
             pass
         raise
     finally:

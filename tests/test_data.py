@@ -74,7 +74,8 @@ def test_mnist_from_a_user_directory_without_network(tmp_path):
     write_idx(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", test)
     d = data.load("mnist", data_dir=tmp_path, binarization="none")
     assert d.x_shape == (1, 28, 28) and (len(d.train), len(d.val), len(d.test)) == (50, 10, 10)
-    as_float = lambda a: torch.as_tensor(a.reshape(len(a), -1) / 255.0, dtype=torch.float32)
+    def as_float(a):
+        return torch.as_tensor(a.reshape(len(a), -1) / 255.0, dtype=torch.float32)
     torch.testing.assert_close(d.test, as_float(test))
     torch.testing.assert_close(d.train, as_float(train[:50]))
     torch.testing.assert_close(d.val, as_float(train[50:]))

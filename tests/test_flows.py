@@ -31,7 +31,7 @@ def test_planar_log_det_equals_autograd_jacobian():
     for _ in range(20):
         u, w, z = (torch.randn(d, generator=g, dtype=DTYPE) * 2 for _ in range(3))
         b = torch.randn((), generator=g, dtype=DTYPE)
-        J = jacobian(lambda v: planar(v, u, w, b)[0], z)
+        J = jacobian(lambda v, u=u, w=w, b=b: planar(v, u, w, b)[0], z)
         sign, logabsdet = torch.linalg.slogdet(J)
         assert sign == 1
         torch.testing.assert_close(planar(z, u, w, b)[1], logabsdet, rtol=0, atol=1e-9)

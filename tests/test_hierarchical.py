@@ -18,10 +18,7 @@ TWO_LEVEL = ["hierarchical", "ladder"]
 
 def tiny(name: str, dtype=DTYPE, **kw):
     torch.manual_seed(0)
-    if name == "hierarchical":
-        kw = {"latent_dim2": 2, "hidden2": (4,), **kw}
-    else:
-        kw = {"upper_latent_dims": (2,), "hidden2": (4,), **kw}
+    kw = {"latent_dim2": 2, "hidden2": (4,), **kw} if name == "hierarchical" else {"upper_latent_dims": (2,), "hidden2": (4,), **kw}
     model = variants.build(name, x_shape=(6,), latent_dim=3, hidden=(5,), **kw).to(dtype)
     x = torch.bernoulli(torch.full((3, 6), 0.4, dtype=dtype))
     return model, x

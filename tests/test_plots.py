@@ -35,9 +35,9 @@ def _child(client, exp_id, parent_id, variant, objective, seed, artifacts_dir, *
         "mlflow.parentRunId": parent_id, "vaebench.role": "child", "vaebench.suite": "smoke",
         "git_commit": "abc123", "torch_version": "2.x", "device_name": "test CPU"})
     rid = run.info.run_id
-    params = dict(variant=variant, objective=objective, dataset="digits", k=k, seed=seed,
-                  latent_dim=4, epochs=3, batch_size=64, lr=1e-3, device="cpu",
-                  binarization="dynamic", eval_k=100, threads=1)
+    params = {"variant": variant, "objective": objective, "dataset": "digits", "k": k, "seed": seed,
+                  "latent_dim": 4, "epochs": 3, "batch_size": 64, "lr": 1e-3, "device": "cpu",
+                  "binarization": "dynamic", "eval_k": 100, "threads": 1}
     ts = int(time.time() * 1000)
     ms = []
     if metrics:
