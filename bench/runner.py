@@ -432,9 +432,7 @@ class Invocation:
             return
         if o.status == "FINISHED":
             p.outcome, p.final = ("resumed" if p.decision == "resume" else "ran"), o.final
-            m = o.final
-            log_px = f"test/log_px {m['test/log_px']:.3f}" if "test/log_px" in m else "test/log_px skipped"
-            self.progress.finish(p.run_id, True, f"{label} finished: test/elbo {m['test/elbo']:.3f}  {log_px}")
+            self.progress.finish(p.run_id, True, f"{label} finished: {_numbers(o.final)}")
         else:
             if not o.marked:
                 self._mark(p.run_id, o.status, o.error, error=o.error)
@@ -538,15 +536,28 @@ def _holder(tags: dict[str, str]) -> str:
     return f"host {tags.get('vaebench.host', '?')}, pid {tags.get('vaebench.pid', '?').split('@')[0]}"
 
 
+def _numbers(final: dict[str, float]) -> str:
+    """``test/elbo -24.03  test/log_px -23.66`` (the summary's bounds; ``skipped`` where absent)."""
+    from bench import vocabulary
+
+    return "  ".join(f"{m.name} {m.format(final[m.name])}" if m.name in final else f"{m.name} skipped"
+                     for m in vocabulary.summary_metrics() if m.unit == "nats")
+
+
 def _print_summary(planned: list[Planned], seconds: float) -> None:
+    """The table of the invocation on stderr: each run's outcome and the vocabulary's summary
+    metrics (``skipped`` for one the run does not measure, ``-`` for a run without final numbers)."""
+    from bench import vocabulary
+
+    cols = vocabulary.summary_metrics()
+    heads = [m.name for m in cols]
+    widths = [max(len(h), 10) for h in heads]
     w = max(len(p.name) for p in planned)
-    print(f"\n{'run':<{w}}  {'outcome':<8}  {'test/elbo':>10}  {'test/log_px':>11}  {'train ex/s':>10}", file=sys.stderr)
+    print(f"\n{'run':<{w}}  {'outcome':<8}  " + "  ".join(f"{h:>{n}}" for h, n in zip(heads, widths)), file=sys.stderr)
     for p in planned:
         m = p.final
-        log_px = f"{m['test/log_px']:11.3f}" if "test/log_px" in m else f"{'skipped':>11}"
-        nums = (f"{m['test/elbo']:10.3f}  {log_px}  {m.get('perf/train_examples_per_s', float('nan')):10,.0f}"
-                if "test/elbo" in m else f"{'-':>10}  {'-':>11}  {'-':>10}")
-        print(f"{p.name:<{w}}  {p.outcome:<8}  {nums}", file=sys.stderr)
+        cells = [("-" if not m else m_.format(m[m_.name]) if m_.name in m else "skipped") for m_ in cols]
+        print(f"{p.name:<{w}}  {p.outcome:<8}  " + "  ".join(f"{c:>{n}}" for c, n in zip(cells, widths)), file=sys.stderr)
     counts = {o: sum(p.outcome == o for p in planned) for o in OUTCOMES}
     resumed = [f"{p.name} after epoch {p.start_epoch}" for p in planned if p.outcome == "resumed"]
     print(", ".join(f"{n} {o}" for o, n in counts.items() if n) + (f" ({'; '.join(resumed)})" if resumed else ""),

@@ -2,19 +2,13 @@
 
 ``run(cfg, data, log)`` builds the variant, trains it with Adam on the objective's surrogate,
 evaluates every epoch and at the end, and hands every number to ``log(metrics, step)``; it knows
-nothing of MLflow. What it logs (nats per example, higher is better unless named otherwise):
-
-per epoch (step = epoch)  train/loss (= -training bound, averaged over the epoch's batches),
-                          val/elbo, train/examples_per_s; gap/* and grad/* at scheduled epochs;
-                          train/kl_weight (the warm-up's beta at the epoch's last step) when
-                          kl_warmup_epochs > 0
-final                     test/elbo, test/recon, test/kl, test/log_px, test/active_units, gap/*,
-                          test/active_units_l1, _l2, ... (variants with several stochastic layers),
-                          test/log_px_ais, test/bdmc_gap (when ais_size, bdmc_size > 0),
-                          test/exact_log_px (variants with exact_log_marginal: the oracle),
-                          test/codebook_perplexity (variants with codebook_perplexity: VQ-VAE),
-                          grad/*, perf/train_examples_per_s, perf/eval_examples_per_s,
-                          perf/train_seconds, perf/peak_mem_mb
+nothing of MLflow. What it logs, and when, is the metric vocabulary (``bench.vocabulary``, the
+README's metric table): per epoch (step = epoch) ``train/loss`` (= -training bound, averaged over
+the epoch's batches), ``val/elbo``, ``train/examples_per_s``, ``gap/*`` and ``grad/*`` at the
+scheduled epochs; at the end (step = epochs) the ``test/*``, ``gap/*``, ``grad/*`` and ``perf/*``
+metrics. A name the vocabulary does not know is a warning (:class:`UnregisteredMetric`, an error
+under the test suite's strict warnings). The result carries every logged value
+(:attr:`RunResult.history`), from which the worker draws the run's own figure.
 
 The logged training value is the bound the objective estimates (``Estimate.value``), never the
 surrogate, also during a KL warm-up (``kl_warmup_epochs``: only the surrogate is weighted). A
@@ -31,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 import variants
-from bench import checkpoint, metrics, objectives
+from bench import checkpoint, metrics, objectives, vocabulary
 from bench.config import RunConfig
 from bench.data import Dataset
 from bench.errors import ConfigError, NonFiniteLoss
@@ -154,6 +149,29 @@ def evaluate_elbo(model: nn.Module, x: Tensor, k: int, batch: int = 1000) -> dic
 class RunResult:
     model: nn.Module
     final: dict[str, float] = field(default_factory=dict)
+    # every value this call logged: metric -> [(step, value), ...] in logging order (a resumed run:
+    # the epochs after its checkpoint only)
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+class UnregisteredMetric(UserWarning):
+    """A logged metric name that ``bench.vocabulary`` does not know: register it there."""
+
+
+def recording(log: LogFn, history: dict[str, list[tuple[int, float]]]) -> LogFn:
+    """``log`` that also appends every value to ``history`` and checks each name against the
+    vocabulary (a warning names the unknown ones)."""
+
+    def record(values: dict[str, float], step: int | None) -> None:
+        unknown = vocabulary.unregistered(values)
+        if unknown:
+            warnings.warn(f"metric(s) {', '.join(unknown)} not in the vocabulary: register them in bench/vocabulary.py",
+                          UnregisteredMetric, stacklevel=2)
+        for k, v in values.items():
+            history.setdefault(k, []).append((step or 0, v))
+        log(values, step)
+
+    return record
 
 
 def _fit_batches(data: Dataset, cfg: RunConfig, device: torch.device, n: int = 8) -> list[Tensor]:
@@ -237,6 +255,8 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
     """Train and evaluate one run. ``resume``: a checkpoint of this run (``bench.checkpoint``);
     training continues after its epoch with every generator where it was, so the numbers are
     those of the uninterrupted run."""
+    history: dict[str, list[tuple[int, float]]] = {}
+    log = recording(log, history)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -341,4 +361,4 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
         raise NonFiniteLoss(f"run {cfg.run_name}: non-finite final metric(s) {', '.join(bad)}")
     log_px_msg = f"test/log_px {final['test/log_px']:.3f}" if "test/log_px" in final else "test/log_px skipped"
     progress(f"test/elbo {final['test/elbo']:.3f}  {log_px_msg}  ({len(test) / eval_s:,.0f} eval ex/s)")
-    return RunResult(model=model, final=final)
+    return RunResult(model=model, final=final, history=history)

@@ -96,12 +96,11 @@ class RunLogger:
         self.pending: list = []
         self.step = 0
         run = client.get_run(run_id)
-        self.have = {
-            (key, m.step)
-            for key in run.data.metrics
-            for m in client.get_metric_history(run_id, key)
-            if m.step > after
-        }
+        stored = {key: client.get_metric_history(run_id, key) for key in run.data.metrics}
+        self.have = {(key, m.step) for key, ms in stored.items() for m in ms if m.step > after}
+        # what a resumed run logged before its checkpoint: the part of its history this process
+        # does not compute again (the run's figure joins it to the result's history)
+        self.before = {key: sorted((m.step, m.value) for m in ms if m.step <= after) for key, ms in stored.items()}
 
     def __call__(self, values: dict[str, float], step: int | None) -> None:
         from mlflow.entities import Metric
@@ -202,7 +201,8 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
         # preemption signal handler) may land inside a store write, whose transaction is left
         # open until this process exits and rolls it back; the resumed run recomputes the epoch.
         log.flush()  # the final metrics
-        log_artifacts(client, job.run_id, result.model, ds)
+        history = {k: log.before.get(k, []) + v for k, v in result.history.items()}
+        log_artifacts(client, job.run_id, result.model, ds, history)
         checkpoints.clear()
     except Superseded:
         return Outcome(job.run_id, "SUPERSEDED", resumed_from=resumed, marked=False)
@@ -268,11 +268,12 @@ def save_grid(images, path: Path, nrow: int = 8, padding: int = 2, pad_value: fl
     Image.fromarray(pixels.squeeze(-1).numpy() if c == 1 else pixels.numpy()).save(path)
 
 
-def log_artifacts(client, run_id: str, model, ds) -> None:
-    """Samples and reconstructions as PNG grids, the per-run curves figure, the final weights."""
+def log_artifacts(client, run_id: str, model, ds, history: dict[str, list[tuple[int, float]]]) -> None:
+    """Samples and reconstructions as PNG grids, the per-run curves figure drawn from the run's
+    ``history`` (``bench.train.RunResult.history``, metric -> [(step, value), ...]), the final weights."""
     import torch
 
-    from bench import plots
+    from bench.plots.curves import run_figure
 
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         tmp = Path(tmp)
@@ -293,11 +294,7 @@ def log_artifacts(client, run_id: str, model, ds) -> None:
         else:  # vectors: scatter plots of model samples against test data, reconstructions against data
             for name in _vector_figures(model, ds.test[:500], tmp):
                 client.log_artifact(run_id, str(tmp / name))
-        hist = {
-            key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
-            for key in ("train/loss", "val/elbo", "gap/approximation", "gap/amortization")
-        }
-        plots.run_figure({k: v for k, v in hist.items() if v}, tmp / "curves.png")
+        run_figure(history, tmp / "curves.png")
         client.log_artifact(run_id, str(tmp / "curves.png"), "figures")
         torch.save(model.state_dict(), tmp / "model.pt")
         client.log_artifact(run_id, str(tmp / "model.pt"))

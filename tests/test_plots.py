@@ -1,7 +1,7 @@
 """bench.plots on sqlite stores filled with synthetic runs whose metrics are known.
 
 The store follows the harness's layout (one experiment per suite, a parent run, nested child
-runs tagged ``vaebench.role=child`` with the DESIGN.md params and metrics), so the report's
+runs tagged ``vaebench.role=child`` with the harness's params and metrics), so the report's
 numbers can be checked against the values put in.
 """
 
@@ -96,20 +96,24 @@ def store(tmp_path_factory):
     return uri
 
 
-def _table_rows(readme: str) -> dict[tuple[str, str], list[str]]:
+def _table(readme: str, title: str) -> tuple[list[str], dict[tuple[str, str], list[str]]]:
+    """The head and the rows (by variant, objective) of the report table under ``### title``."""
+    lines = readme.split(f"### {title}\n", 1)[1].splitlines()
+    end = next(i for i, line in enumerate(lines) if line.startswith(("### ", "## ")))
+    table = [line for line in lines[:end] if line.startswith("|")]
+    head = [c.strip() for c in table[0].strip("|").split("|")]
     rows = {}
-    for line in readme.splitlines():
+    for line in table[2:]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and len(cells) > 4 and cells[3].isdigit():
-            rows[(cells[0], cells[1])] = cells
-    return rows
+        rows[(cells[0], cells[1])] = cells
+    return head, rows
 
 
 def test_draw_figures_tables_and_report(store, tmp_path, capsys):
     paths = plots.draw("smoke", tmp_path, store)
     names = {p.name for p in paths}
     figures = {"learning_curves.png", "test_log_likelihood.png", "gaps.png", "gradient_snr.png",
-               "throughput.png", "cost_quality.png", "samples.png"}
+               "gradient_snr_decoder.png", "gradient_variance.png", "throughput.png", "cost_quality.png", "samples.png"}
     assert figures <= names
     assert {"summary.csv", "runs.csv", "README.md"} <= names
     for p in paths:
@@ -118,17 +122,20 @@ def test_draw_figures_tables_and_report(store, tmp_path, capsys):
             assert p.read_bytes()[:8] == PNG_MAGIC, p
 
     readme = (tmp_path / "smoke" / "README.md").read_text()
-    rows = _table_rows(readme)
-    header = next(line for line in readme.splitlines() if line.startswith("| variant"))
-    col = [c.strip() for c in header.strip("|").split("|")].index("log p(x) [nats] ↑")
+    head, rows = _table(readme, "Log-likelihood and bounds")
+    col = head.index("log p(x) [nats] ↑")
     # mean ± sample sd of the values put in, to the 2 decimals the report prints
     assert rows[("vanilla", "elbo")][col] == "-31.00 ± 1.41"
     assert rows[("iwae", "iwae")][col] == "-29.00 ± 0.71"
     assert rows[("vanilla", "elbo")][3] == "2"  # seeds
     assert rows[("planar-flow", "elbo")][col] == "—"  # failed before the test metrics
-    assert "higher is better" in readme
+    assert "higher is better" in readme.lower()
+    gap_head, gap_rows = _table(readme, "Inference gaps (Cremer et al. 2018)")
+    assert gap_rows[("iwae", "iwae")][gap_head.index("approx. gap [nats] ↓")] == "1.50 ± 0.00"
+    assert "iaf" not in {v for v, _ in gap_rows}  # a run with nothing in this table has no row here
     for fig in figures:
         assert f"]({fig})" in readme
+        assert plots.FIGURES[fig].caption in readme  # the caption registered with the figure
     # the protocol carries the params' numbers
     assert re.search(r"\| eval_k \| 100 \|", readme) and re.search(r"\| binarization \| dynamic \|", readme)
 
@@ -224,7 +231,9 @@ def test_run_figure(tmp_path):
     plots.run_figure({}, tmp_path / "empty.png")
     for name in ("curves.png", "empty.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
-    # three panels are wider than the one "nothing logged" panel
+    # bounds and gaps: two panels, twice as wide as the one "nothing logged" panel; no gaps: one
     import matplotlib.image as mpimg
 
-    assert mpimg.imread(tmp_path / "curves.png").shape[1] > 2 * mpimg.imread(tmp_path / "empty.png").shape[1]
+    plots.run_figure({k: v for k, v in hist.items() if not k.startswith("gap/")}, tmp_path / "bounds.png")
+    width = {n: mpimg.imread(tmp_path / f"{n}.png").shape[1] for n in ("curves", "empty", "bounds")}
+    assert width["curves"] > 1.8 * width["empty"] and width["bounds"] == width["empty"]

@@ -1,0 +1,195 @@
+"""The store reader: a suite's child runs from MLflow into pandas, and what is missing.
+
+One row per run, ``params.*``, ``metrics.*`` (the last logged value) and ``tags.*`` columns as
+``mlflow.search_runs`` names them, plus ``variant``, ``objective``, ``dataset``, ``seed``.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import pandas as pd
+
+from bench import vocabulary
+
+KEY = ["variant", "objective", "dataset"]
+
+
+def client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def store_name(uri: str) -> str:
+    """The store as a report names it: never a machine's absolute path nor a password. A sqlite
+    file is named relative to the working directory when it lies below it (``sqlite:///mlflow.db``
+    for ``./mlflow.db``), else by its file name; a server or database by its scheme (and database
+    name): ``http tracking server``, ``postgresql database mlflow``."""
+    from pathlib import Path
+
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        try:
+            return f"sqlite:///{path.resolve().relative_to(Path.cwd().resolve())}"
+        except ValueError:
+            return f"sqlite store {path.name}"
+    parts = urlsplit(uri)
+    scheme = parts.scheme or "file"
+    if scheme in ("http", "https", "databricks"):
+        return f"{scheme} tracking server"
+    db = parts.path.strip("/").rsplit("/", 1)[-1]
+    return f"{scheme.split('+')[0]} database {db}".strip() if db else f"{scheme} store"
+
+
+def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
+    """The child runs of ``suite`` as a DataFrame, and notes about what is missing.
+
+    Columns: ``run_id``, ``run_name``, ``status``, ``start_time``, ``artifact_uri``, ``metrics.<m>``
+    (last logged value), ``params.<p>`` (strings), ``tags.<t>``, plus ``variant``, ``objective``,
+    ``dataset``, ``seed`` taken from the params. Children are runs tagged ``vaebench.role=child``
+    or nested under a parent (``mlflow.parentRunId``). When a (variant, objective, dataset, seed)
+    was run more than once (several invocations), the latest FINISHED run is kept (the latest run
+    if none finished) and the others are counted in the notes. Runs that differ only in ``k``
+    are distinct results: their objective reads ``iwae (k=5)``.
+    """
+    notes: list[str] = []
+    c = client(tracking_uri)
+    exp = c.get_experiment_by_name(suite)
+    if exp is None:
+        return pd.DataFrame(), [f"no experiment named {suite!r} in {store_name(tracking_uri)}: nothing has run yet"]
+    rows, token = [], None
+    while True:
+        page = c.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+        for r in page:
+            tags = r.data.tags
+            if tags.get("vaebench.role") != "child" and "mlflow.parentRunId" not in tags:
+                continue
+            row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+                   "start_time": r.info.start_time, "artifact_uri": r.info.artifact_uri}
+            row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
+            row.update({f"params.{k}": v for k, v in r.data.params.items()})
+            row.update({f"tags.{k}": v for k, v in tags.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    if not rows:
+        return pd.DataFrame(), [f"experiment {suite!r} has no child runs yet"]
+    df = pd.DataFrame(rows)
+    for col in KEY + ["seed"]:
+        p = f"params.{col}"
+        df[col] = df[p].fillna("?") if p in df else "?"
+    df["seed"] = pd.to_numeric(df["seed"], errors="coerce")
+    k = df["params.k"].fillna("?") if "params.k" in df else pd.Series("?", index=df.index)
+    several = k.groupby([df[c] for c in KEY]).transform("nunique") > 1
+    df.loc[several, "objective"] = df.loc[several, "objective"] + " (k=" + k[several] + ")"
+    df["_done"] = df["status"] == "FINISHED"
+    df = df.sort_values(["_done", "start_time"])
+    n = len(df)
+    df = df.drop_duplicates(KEY + ["seed"], keep="last").drop(columns="_done")
+    if len(df) < n:
+        notes.append(f"{n - len(df)} other run(s) of an already reported variant/objective/dataset/seed "
+                     "(earlier invocations, or later ones that did not finish) are not shown")
+    for _, r in df[df["status"] != "FINISHED"].iterrows():
+        notes.append(f"run {r['run_name']} is {r['status']}: its metrics so far are used")
+    return df.sort_values(KEY + ["seed"]).reset_index(drop=True), notes
+
+
+def metric_names(df: pd.DataFrame) -> list[str]:
+    return [c.removeprefix("metrics.") for c in df.columns if c.startswith("metrics.")]
+
+
+def values(df: pd.DataFrame, name: str) -> pd.Series:
+    """The column ``metrics.<name>`` (all NaN when no run has it)."""
+    col = f"metrics.{name}"
+    return df[col] if col in df else pd.Series(float("nan"), index=df.index, dtype=float)
+
+
+def skipped(df: pd.DataFrame, name: str) -> pd.Series:
+    """Runs that skipped ``name`` by design: the tag ``vaebench.skipped.<measurement>`` the driver
+    sets (``bench.train.skipped_measurements``), the measurement named by the vocabulary."""
+    m = vocabulary.lookup(name)
+    col = f"tags.vaebench.skipped.{m.skip}" if m is not None and m.skip else None
+    return df[col].notna() if col in df else pd.Series(False, index=df.index)
+
+
+def skip_reason(df: pd.DataFrame, name: str) -> pd.Series:
+    """The reason per run (NaN where the run did not skip ``name``)."""
+    m = vocabulary.lookup(name)
+    col = f"tags.vaebench.skipped.{m.skip}" if m is not None and m.skip else None
+    return df[col] if col in df else pd.Series(float("nan"), index=df.index, dtype=object)
+
+
+def expected_metrics() -> list[str]:
+    """The metric names every run should have, unless it skipped them: the report tables' fixed
+    names that are not optional, and the per-epoch validation ELBO."""
+    return [m.name for m in vocabulary.table_metrics() if "<" not in m.name and not m.optional] + ["val/elbo"]
+
+
+def missing_notes(df: pd.DataFrame, names: list[str]) -> list[str]:
+    """One note per set of runs that lacks the same metrics: "metric(s) a, b missing in ...".
+    A metric a run skipped by design (not applicable to its variant, the reason in its tags) is
+    not missing."""
+    by_runs: dict[tuple[str, ...], list[str]] = {}
+    for name in names:
+        missing = df["run_name"][values(df, name).isna() & ~skipped(df, name)]
+        if len(missing):
+            by_runs.setdefault(tuple(missing.astype(str)), []).append(name)
+    notes = []
+    for runs, ms in by_runs.items():
+        shown = ", ".join(runs[:6]) + (" ..." if len(runs) > 6 else "")
+        notes.append(f"metric(s) {', '.join(ms)} missing in {len(runs)} of {len(df)} run(s): {shown}")
+    return notes
+
+
+def history(c, df: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Per-step values of ``key`` for every run: columns run_id, variant, objective, dataset, seed,
+    step, value."""
+    out = []
+    for _, r in df.iterrows():
+        for m in c.get_metric_history(r["run_id"], key):
+            out.append({"run_id": r["run_id"], "variant": r["variant"], "objective": r["objective"],
+                        "dataset": r["dataset"], "seed": r["seed"], "step": m.step, "value": m.value})
+    return pd.DataFrame(out, columns=["run_id", "variant", "objective", "dataset", "seed", "step", "value"])
+
+
+GRAD_RE = re.compile(rf"^grad/(?P<objective>[^/]+)/k(?P<k>\d+)/(?P<group>{vocabulary.PLACEHOLDERS['group']})_"
+                     rf"(?P<stat>{vocabulary.PLACEHOLDERS['stat']})$")
+
+
+def gradient_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Every gradient measurement of the runs, long: columns variant, dataset, seed, run_id,
+    objective (the estimator measured), k, group, and one column per statistic (``snr``,
+    ``snr_lo``, ...). A run without ``grad_objectives`` contributes its own objective at its k
+    (``grad/<group>_<stat>``)."""
+    rows: dict[tuple, dict] = {}
+    own_re = re.compile(rf"^grad/(?P<group>{vocabulary.PLACEHOLDERS['group']})_(?P<stat>{vocabulary.PLACEHOLDERS['stat']})$")
+    names = metric_names(df)
+    measured = [(n, GRAD_RE.match(n)) for n in names]
+    measured = [(n, m) for n, m in measured if m]
+    own = [(n, own_re.match(n)) for n in names]
+    own = [(n, m) for n, m in own if m]
+    for _, r in df.iterrows():
+        base = {"variant": r["variant"], "dataset": r["dataset"], "seed": r["seed"], "run_id": r["run_id"]}
+        found = False
+        for n, m in measured:
+            v = r[f"metrics.{n}"]
+            if pd.notna(v):
+                found = True
+                row = rows.setdefault((r["run_id"], m["objective"], int(m["k"]), m["group"]),
+                                      base | {"objective": m["objective"], "k": int(m["k"]), "group": m["group"]})
+                row[m["stat"]] = v
+        k = pd.to_numeric(r.get("params.k"), errors="coerce")
+        if found or pd.isna(k):
+            continue
+        for n, m in own:
+            v = r[f"metrics.{n}"]
+            if pd.notna(v):
+                objective = r.get("params.objective", r["objective"])
+                row = rows.setdefault((r["run_id"], objective, int(k), m["group"]),
+                                      base | {"objective": objective, "k": int(k), "group": m["group"]})
+                row[m["stat"]] = v
+    cols = ["variant", "dataset", "seed", "run_id", "objective", "k", "group", *vocabulary.GRADIENT_STATS]
+    return pd.DataFrame(list(rows.values()), columns=cols)

@@ -1,0 +1,100 @@
+"""The tables: mean, sd and count over seeds per (variant, objective, dataset), and the report's
+Markdown tables, one per ``bench.vocabulary.TABLES`` entry, each with its "how to read this" line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bench import vocabulary
+from bench.plots.store import KEY, metric_names, skip_reason, values
+
+NA = "n/a"  # a measurement the variant skips by design (the reason under the table)
+MISSING = "—"  # not in the store (a failed run, or an older version of the harness)
+
+
+def table_columns(df: pd.DataFrame) -> list[str]:
+    """The concrete metric names of every report table, in report order: fixed names always,
+    patterns (``test/active_units_l<layer>``) expanded over the names the runs have."""
+    names = metric_names(df)
+    return [n for m in vocabulary.table_metrics() for n in vocabulary.expand(m, names)]
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sd and count over seeds of every table metric, per (variant, objective, dataset).
+
+    Columns ``<metric> mean``, ``<metric> sd`` (sample sd, ddof=1; NaN for one seed),
+    ``<metric> n`` and ``seeds`` (number of runs in the group). Runs missing a metric are left
+    out of its mean. The gradient SNRs also get ``<metric>_lo mean`` / ``_hi mean`` (their
+    intervals, averaged over seeds).
+    """
+    cols = table_columns(df)
+    cols += [f"{n}_{b}" for n in cols if n.startswith("grad/") for b in ("lo", "hi") if f"metrics.{n}_{b}" in df]
+    rows = []
+    for key, g in df.groupby(KEY, sort=True):
+        row = dict(zip(KEY, key))
+        row["seeds"] = len(g)
+        for name in cols:
+            v = values(g, name).dropna()
+            row[f"{name} mean"] = v.mean() if len(v) else np.nan
+            row[f"{name} sd"] = v.std(ddof=1) if len(v) > 1 else np.nan
+            row[f"{name} n"] = len(v)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fmt(mean: float, sd: float, n: int, digits: int, thousands: bool = False) -> str:
+    """``mean ± sd`` (``mean`` alone for one seed), or the missing mark."""
+    if n == 0 or not np.isfinite(mean):
+        return MISSING if n == 0 or np.isnan(mean) else ("inf" if mean > 0 else "-inf")
+    f = f"{{:{',' if thousands else ''}.{digits}f}}"
+    s = f.format(mean)
+    if n > 1 and np.isfinite(sd):
+        s += " ± " + f.format(sd)
+    return s
+
+
+def _cell(r: pd.Series, name: str, na: bool) -> str:
+    m = vocabulary.get(name)
+    if r[f"{name} n"] == 0:
+        return NA if na else MISSING
+    s = fmt(r[f"{name} mean"], r[f"{name} sd"], r[f"{name} n"], m.decimals, m.unit == "examples/s")
+    if f"{name}_lo mean" in r and r[f"{name} n"] == 1 and np.isfinite(r[f"{name}_lo mean"]):
+        s += f" [{r[f'{name}_lo mean']:.{m.decimals}f}, {r[f'{name}_hi mean']:.{m.decimals}f}]"
+    return s
+
+
+def markdown_tables(df: pd.DataFrame, summary: pd.DataFrame, level: str = "###") -> list[str]:
+    """The report's results: one Markdown table per vocabulary table that has data, with its title
+    and how-to-read line; a group's row appears where it has a value or a skip reason. A metric
+    the group's runs skipped by design reads ``n/a``, its reason listed under the table."""
+    out: list[str] = []
+    cols = table_columns(df)
+    nothing = {tuple(r[KEY]) for _, r in summary.iterrows()  # groups without a single table value
+               if all(r[f"{n} n"] == 0 for n in cols)}
+    first = True
+    for table in vocabulary.TABLES.values():
+        names = [n for n in cols if vocabulary.get(n).table == table.name and summary[f"{n} n"].sum() > 0]
+        if not names:
+            continue
+        head = [*KEY, "seeds", *(vocabulary.head(n) for n in names)]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        reasons: dict[tuple[str, str], list[str]] = {}  # (variant, reason) -> labels
+        for _, r in summary.iterrows():
+            g = df[(df[KEY] == r[KEY].to_numpy()).all(axis=1)]
+            why = {n: skip_reason(g, n).dropna() for n in names}
+            if all(r[f"{n} n"] == 0 and why[n].empty for n in names) and not (first and tuple(r[KEY]) in nothing):
+                continue
+            for n in names:
+                if r[f"{n} n"] == 0 and len(why[n]):
+                    labels = reasons.setdefault((r["variant"], str(why[n].iloc[0])), [])
+                    if vocabulary.label_of(n) not in labels:
+                        labels.append(vocabulary.label_of(n))
+            cells = [str(r[c]) for c in KEY] + [str(r["seeds"])] + [_cell(r, n, bool(len(why[n]))) for n in names]
+            lines.append("| " + " | ".join(cells) + " |")
+        first = False
+        out += [f"{level} {table.title}", "", table.how_to_read, "", *lines, ""]
+        if reasons:
+            out += [f"{NA}: not applicable, by design (the run's tag `vaebench.skipped.<measurement>`): "
+                    + "; ".join(f"{v} ({', '.join(labels)}): {why}" for (v, why), labels in reasons.items()) + ".", ""]
+    return out
