@@ -1,10 +1,12 @@
-"""Command line: ``python -m bench {run,list,plots,ui,server,data}``, a parser and a dispatch; each
-subcommand's work lives in its module (``bench.runner``, ``bench.plots``, ``bench.ui``, ``bench.server``).
+"""Command line: ``python -m bench {run,list,plots,compare,ui,server,data}``, a parser and a dispatch;
+each subcommand's work lives in its module (``bench.runner``, ``bench.plots``, ``bench.compare``,
+``bench.ui``, ``bench.server``).
 
     python -m bench run --suite smoke [--set key=value ...] [--tracking-uri URI] [--jobs N|auto]
                         [--executor local|ray|submitit] [--ray-address ADDR] [--fresh]
     python -m bench list
     python -m bench plots [--suite smoke] [--out results]
+    python -m bench compare --suite smoke [A B] [--csv PATH] [--metric NAME ...]
     python -m bench ui [--port 5000]
     python -m bench server [--port 5000] [--database-uri URI]
     python -m bench data fetch mnist [--data-dir data]
@@ -83,6 +85,16 @@ def cmd_plots(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from bench import compare, tracking
+
+    if len(args.refs) not in (0, 2):
+        raise BenchError(f"compare takes two invocations A B (parent run ids or git commits) or none, got {len(args.refs)}")
+    uri = _existing_store(tracking.resolve_tracking_uri(args.tracking_uri))
+    refs = args.refs or [None, None]
+    return compare.main(Path(args.suite).stem, uri, refs[0], refs[1], args.csv, args.out, args.metric or None)
+
+
 def cmd_ui(args) -> int:
     from bench import tracking, ui
 
@@ -127,6 +139,16 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default="results")
     pl.add_argument("--tracking-uri")
     pl.set_defaults(fn=cmd_plots)
+    c = sub.add_parser("compare", help="two invocations of a suite side by side (default: its last two)")
+    c.add_argument("--suite", default="smoke", help="suite name (its experiment in the store)")
+    c.add_argument("refs", nargs="*", metavar="A B", help="parent run ids (or unique prefixes) or git commits "
+                                                          "(the latest invocation at each); default: the last two")
+    c.add_argument("--tracking-uri")
+    c.add_argument("--metric", action="append", metavar="NAME", help="compare only these metrics (repeatable; "
+                                                                      "default: the report's table metrics)")
+    c.add_argument("--csv", metavar="PATH", help="where the CSV goes (default: OUT/SUITE/compare/A-B.csv)")
+    c.add_argument("--out", default="results", help="the results directory for the default CSV path")
+    c.set_defaults(fn=cmd_compare)
     u = sub.add_parser("ui", help="serve the MLflow UI for the store on 127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
     u.add_argument("--tracking-uri")
