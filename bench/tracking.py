@@ -3,9 +3,13 @@
 Layout (the plots, the UI and external checks read these names):
 
 * one experiment per suite, named as the suite (``smoke``), created by the driver before any run,
-  with its artifacts in ``<store dir>/mlartifacts``;
+  with its artifacts in ``<store dir>/mlartifacts``; its description (the tag ``mlflow.note.content``)
+  is the suite file's ``description``, and its tag ``mlflow.experimentKind`` is
+  :data:`EXPERIMENT_KIND` (``custom_model_development``, "Machine learning" in the UI's kind selector),
+  and it holds a shared runs view, :data:`RUNS_VIEW` (below), all set on every invocation;
 * one parent run per invocation, named ``"<suite> <YYYY-mm-dd HH:MM:SS>"``, tags
-  ``vaebench.role=parent``, ``vaebench.suite``;
+  ``vaebench.role=parent``, ``vaebench.suite``, and a note (``mlflow.note.content``, the run's
+  description in the UI) naming the suite, its file and the invocation's overrides;
 * one nested child run per (variant, objective, dataset, seed), named
   ``"<variant>/<objective>/<dataset>/seed<seed>"``, tags ``mlflow.parentRunId``,
   ``vaebench.role=child``, ``git_commit``, ``torch_version``, ``device_name``; params = the resolved
@@ -18,6 +22,16 @@ lease of the process executing them, ``vaebench.host``, ``vaebench.pid`` (``pid@
 ``vaebench.heartbeat`` (unix seconds, refreshed every :data:`HEARTBEAT_S`): a run is alive while
 that process is (same host) or its heartbeat is fresh (another host), see :func:`holder_alive`.
 
+The MLflow 3.17 UI opens an experiment in its GenAI view unless the URL says
+``workflowType=machine_learning`` or the browser last chose "Model training" (its own setting,
+stored in the browser: the experiment kind tag does not decide it in 3.17.2's build), and its runs
+table starts with no metric column and child runs folded under their parent. What it does take
+from the store is a *shared view*: the experiment tag ``mlflow.sharedViewState.<key>`` holding a
+view's state as JSON, opened by the URL parameter ``viewStateShareKey=<key>``. The experiment's
+:data:`RUNS_VIEW` view shows the child runs (``tags.vaebench.role = 'child'``), best
+``test/log_px`` first, with the run summary's metrics and the variant, objective, dataset and
+seed as columns; ``bench.ui.runs_page_url`` is its address.
+
 Metrics are sent with one ``log_batch`` call per epoch (a single sqlite call costs milliseconds).
 The default store is explicit: ``sqlite:///<cwd>/mlflow.db``, overridden by ``--tracking-uri`` or
 ``MLFLOW_TRACKING_URI``. A sqlite store is created, and its experiments, under a lock file beside
@@ -28,6 +42,7 @@ MLflow's schema migration.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -43,6 +58,23 @@ from mlflow.tracking import MlflowClient
 REPO = Path(__file__).resolve().parent.parent
 HOST = socket.gethostname()
 HEARTBEAT_S = 30.0  # how often a live driver or worker refreshes vaebench.heartbeat
+# The experiment tag the MLflow 3.17 UI reads to choose an experiment's view: "custom_model_development"
+# ("Machine learning" in its kind selector) opens the runs table; "genai_development" the traces.
+EXPERIMENT_KIND = "custom_model_development"
+NOTE = "mlflow.note.content"  # the description of an experiment or run, shown (as Markdown) in the UI
+RUNS_VIEW = "vaebench"  # the experiment's shared view of its child runs (the tag mlflow.sharedViewState.vaebench)
+VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW}"
+
+
+def runs_view_state() -> dict:
+    """The shared view's state as the MLflow 3.17 UI reads it (its search facets and the
+    ``selectedColumns`` of its runs table, column keys ``<type>.`<name>```)."""
+    from bench import vocabulary
+
+    cols = [f"params.`{p}`" for p in ("variant", "objective", "dataset", "seed")]
+    cols += [f"metrics.`{m.name}`" for m in vocabulary.summary_metrics()]
+    return {"searchFilter": "tags.`vaebench.role` = 'child'", "orderByKey": "metrics.`test/log_px`",
+            "orderByAsc": False, "selectedColumns": cols}
 STALE_S = 180.0  # a heartbeat older than this, from another host, is a dead process
 
 
@@ -143,6 +175,43 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _shown_path(path: str) -> str:
+    """A suite file as the UI shows it: relative to the repository or the working directory
+    where it lies below one, else its name (never a machine's absolute path)."""
+    p = Path(path).resolve()
+    for base in (REPO, Path.cwd().resolve()):
+        if p.is_relative_to(base):
+            return str(p.relative_to(base))
+    return p.name
+
+
+def suite_description(suite_file: str) -> str:
+    """The ``description`` of a suite file ('' if it has none or cannot be read)."""
+    import tomllib
+
+    try:
+        return str(tomllib.loads(Path(suite_file).read_text()).get("description", "")).strip() if suite_file else ""
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return ""
+
+
+def parent_note(suite: str, params: dict[str, str]) -> str:
+    """The parent run's note (Markdown): the suite, its file and description, the overrides, and
+    where the rest is."""
+    overrides = params.get("overrides", "-")
+    sets = " ".join(f"--set {o}" for o in overrides.split()) if overrides not in ("", "-") else ""
+    shown = _shown_path(params.get("suite_file", suite))
+    name = suite if shown == f"bench/suites/{suite}.toml" else shown  # what --suite takes
+    lines = [f"Suite **{suite}** (`{shown}`): "
+             f"{suite_description(params.get('suite_file', '')) or 'no description'}", "",
+             f"Overrides: {f'`{overrides}`' if sets else 'none'}.",
+             f"Command: `python -m bench run --suite {name}{' ' + sets if sets else ''}"
+             f"{' --fresh' if params.get('fresh') == 'True' else ''}`.", "",
+             f"{params.get('n_runs', '?')} runs, nested below; the artifact `invocation.json` lists each run key's run "
+             f"and outcome. `python -m bench compare --suite {name}` puts this invocation beside the previous one."]
+    return "\n".join(lines)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -160,7 +229,8 @@ class Tracker:
         exp = self.client.get_experiment_by_name(suite)
         if exp is None:
             try:
-                self.experiment_id = self.client.create_experiment(suite, artifact_location=artifact_root(uri))
+                self.experiment_id = self.client.create_experiment(
+                    suite, artifact_location=artifact_root(uri), tags={"mlflow.experimentKind": EXPERIMENT_KIND})
             except MlflowException:  # created by another invocation in between (a server store)
                 exp = self.client.get_experiment_by_name(suite)
                 if exp is None:
@@ -169,15 +239,26 @@ class Tracker:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
+            if exp.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND:  # an experiment of an older version
+                self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", EXPERIMENT_KIND)
+        view = json.dumps(runs_view_state(), sort_keys=True)
+        if exp is None or exp.tags.get(VIEW_TAG) != view:
+            self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, view)
         self.suite = suite
         self.parent_id: str | None = None
 
     def start_parent(self, tags: dict[str, str], params: dict[str, str]) -> str:
+        """The invocation's parent run. ``params`` (``suite``, ``suite_file``, ``overrides``, ...)
+        also give the experiment's description (the suite file's) and the run's note."""
         name = f"{self.suite} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        description = suite_description(params.get("suite_file", ""))
+        if description:
+            self.client.set_experiment_tag(self.experiment_id, NOTE, description)
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
-            tags={"vaebench.role": "parent", "vaebench.suite": self.suite, **lease_tags(), **tags},
+            tags={"vaebench.role": "parent", "vaebench.suite": self.suite, NOTE: parent_note(self.suite, params),
+                  **lease_tags(), **tags},
         )
         self.parent_id = run.info.run_id
         self.client.log_batch(self.parent_id, params=[Param(k, v) for k, v in params.items()])

@@ -5,14 +5,17 @@ process in its own process group, waits for ``/health``, prints the URL of every
 table and stops the whole group on Ctrl-C or SIGTERM. :func:`start`, :func:`wait_healthy` and
 :func:`stop` are the same steps for tests.
 
-Settings (measured on the project's machines, see DESIGN.md): ``--workers 1`` and
+Settings (measured on the project's machines: MLflow 3.17.2, 2 cores): ``--workers 1`` and
 ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`` keep the server at 2 processes (about 400 MiB)
-instead of 10-15. Artifacts: the harness creates each experiment with its own
-``artifact_location`` (``<store dir>/mlartifacts`` for a sqlite store, ``bench.tracking.artifact_root``),
-which the server reads directly; ``--artifacts-destination`` points at the same directory so an
-experiment created from the UI lands there too. The 3.x UI opens an experiment in its GenAI view;
-the runs table is ``#/experiments/<id>/runs?workflowType=machine_learning`` (nested child runs are
-collapsed under their parent run).
+instead of 10-15, and it answers ``/health`` about 4 s after the start. Artifacts: the harness
+creates each experiment with its own ``artifact_location`` (``<store dir>/mlartifacts`` for a
+sqlite store, ``bench.tracking.artifact_root``), which the server reads directly;
+``--artifacts-destination`` points at the same directory so an experiment created from the UI
+lands there too. The 3.x UI opens an experiment in its GenAI view, with child runs folded under
+their parent and no metric column: the URL printed for each experiment (:func:`runs_page_url`)
+opens its runs table in the "Model training" view through the shared view the harness stores
+with the experiment (``bench.tracking.RUNS_VIEW``): the child runs, best ``test/log_px`` first,
+with their metrics as columns.
 """
 
 from __future__ import annotations
@@ -36,9 +39,14 @@ __all__ = ["serve", "start", "wait_healthy", "stop", "server_command", "runs_pag
 LOOPBACK = "127.0.0.1"
 
 
-def runs_page_url(base_url: str, experiment_id: str) -> str:
-    """The runs table of an experiment in the MLflow 3.x UI (not its default GenAI view)."""
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+def runs_page_url(base_url: str, experiment_id: str, view: bool = True) -> str:
+    """The runs table of an experiment in the MLflow 3.x UI's "Model training" view (not its
+    default GenAI view); ``view``: through the experiment's shared view of its child runs with
+    their metrics (``bench.tracking.RUNS_VIEW``; only for experiments that have it)."""
+    from bench.tracking import RUNS_VIEW
+
+    url = f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return f"{url}&viewStateShareKey={RUNS_VIEW}" if view else url
 
 
 def _check_loopback(host: str) -> None:
@@ -70,7 +78,7 @@ def server_command(tracking_uri: str, host: str = LOOPBACK, port: int = 5000, ar
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job-runner processes (see DESIGN.md)
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job-runner processes (2 in all, not 10-15)
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # a local viewer sends nothing out
     return env
 
@@ -161,8 +169,10 @@ def serve(tracking_uri: str, host: str = LOOPBACK, port: int = 5000, artifacts: 
         print(banner or f"MLflow UI for {tracking_uri} at {base}/", flush=True)
         from mlflow import MlflowClient
 
+        from bench.tracking import VIEW_TAG
+
         for exp in MlflowClient(tracking_uri).search_experiments():
-            print(f"  {exp.name}: {runs_page_url(base, exp.experiment_id)}", flush=True)
+            print(f"  {exp.name}: {runs_page_url(base, exp.experiment_id, VIEW_TAG in exp.tags)}", flush=True)
         print("Ctrl-C stops it.", flush=True)
         return proc.wait()
     except _Stop:

@@ -148,7 +148,37 @@ def chromium():
     return exe, sync_playwright
 
 
-def test_browser_shows_runs_metrics_and_artifacts(chromium, server, suite_runs, tmp_path):
+def test_the_experiment_describes_the_suite_and_holds_the_runs_view(suite_runs, filled):
+    """The experiment's description is the suite file's, its kind "Machine learning", its shared
+    runs view the harness's; the parent run's note names the suite, its file and its overrides."""
+    from bench import tracking
+
+    uri, _ = filled
+    exp_id, parent, _ = suite_runs
+    tags = MlflowClient(uri).get_experiment(exp_id).tags
+    description = tracking.suite_description(str(TINY))
+    assert description.startswith("Test suite") and tags["mlflow.note.content"] == description
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert json.loads(tags[tracking.VIEW_TAG]) == tracking.runs_view_state()
+    note = parent.data.tags["mlflow.note.content"]
+    assert "Suite **tiny** (`tests/suites/tiny.toml`)" in note and description in note
+    assert "Overrides: none." in note and "python -m bench compare --suite tests/suites/tiny.toml" in note
+
+
+def test_an_older_experiment_gets_the_kind_and_the_view(store):
+    from bench import tracking
+
+    client = MlflowClient(store)
+    exp_id = client.create_experiment("old")
+    tracking.Tracker(store, "old")
+    tags = client.get_experiment(exp_id).tags
+    assert tags["mlflow.experimentKind"] == tracking.EXPERIMENT_KIND and tracking.VIEW_TAG in tags
+
+
+def test_browser_shows_child_runs_with_metric_columns_and_artifacts(chromium, server, suite_runs, tmp_path):
+    """The URL ``bench ui`` prints opens the runs table of the child runs with their metrics as
+    columns, nothing clicked (the harness's shared view); then one run's artifacts, reached as a
+    user does."""
     exe, sync_playwright = chromium
     exp_id, parent, children = suite_runs
     child = next(c for c in children if c.data.params["dataset"] == "digits")
@@ -158,25 +188,16 @@ def test_browser_shows_runs_metrics_and_artifacts(chromium, server, suite_runs, 
             page = browser.new_page(viewport={"width": 1600, "height": 800})
             page.set_default_timeout(30_000)
             page.goto(ui.runs_page_url(server, exp_id))
-            page.get_by_text(parent.info.run_name).wait_for()
-            assistant = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
-            if assistant.count():  # the 3.x assistant panel takes a third of the page
-                assistant.click()
-            # children are collapsed under the parent: expand it
-            page.locator('button[data-component-id*="runnamecellrenderer"]').first.click()
             for c in children:
                 page.get_by_text(c.info.run_name, exact=True).wait_for()
-            # metrics are not columns by default: add test/log_px from the column picker
-            page.get_by_role("button", name="Columns", exact=True).click()
-            page.get_by_placeholder("Search columns").fill("test/log_px")
-            page.locator(".du-bois-light-tree").get_by_text("test/log_px").click()
-            page.keyboard.press("Escape")
-            column = page.locator('[role="gridcell"][col-id*="test/log_px"]')
-            for c in children:  # the UI prints the float in full (JS and Python agree on it)
-                column.filter(has_text=repr(c.data.metrics["test/log_px"])).first.wait_for()
+            assert page.get_by_text(parent.info.run_name).count() == 0  # the children alone, not folded
+            page.get_by_text(tracking_description(), exact=True).first.wait_for()  # the suite's description
+            for metric in ("test/log_px", "test/elbo"):
+                column = page.locator(f'[role="gridcell"][col-id*="{metric}"]')
+                for c in children:  # the UI prints the float in full (JS and Python agree on it)
+                    column.filter(has_text=repr(c.data.metrics[metric])).first.wait_for()
             page.screenshot(path=tmp_path / "runs.png")
 
-            # one run's artifacts, reached as a user does: run name link, then the Artifacts tab
             page.get_by_role("link", name=child.info.run_name, exact=True).click()
             page.get_by_role("tab", name="Artifacts").click()
             page.get_by_text("reconstructions.png", exact=True).first.wait_for()
@@ -186,6 +207,12 @@ def test_browser_shows_runs_metrics_and_artifacts(chromium, server, suite_runs, 
         finally:
             browser.close()
     print(f"screenshots in {tmp_path}")
+
+
+def tracking_description() -> str:
+    from bench import tracking
+
+    return tracking.suite_description(str(TINY))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
