@@ -127,21 +127,22 @@ GRID_KEYS = ("variants", "objectives", "datasets", "seeds")
 _HINTS = typing.get_type_hints(RunConfig)
 
 
+# the keys a published row may select runs by: every RunConfig field but the option tables (which
+# the params record per option, ``option.<name>``)
+MATCHABLE = sorted(k for k in FIELDS if k not in ("variant_options", "objective_options"))
+
+
 def coerce(key: str, value, *, source: str):
-    """Check ``value`` (from TOML or a ``key=value`` string) against the type of ``key``."""
+    """Check ``value`` (from TOML or a ``key=value`` string) against the type of ``key``: a list
+    of int or str, or a bool, int, float or str (the types of the settable RunConfig fields)."""
     t = _HINTS[key]
-    origin = typing.get_origin(t)
-    if origin is list:
+    if typing.get_origin(t) is list:
         (item,) = typing.get_args(t)
         if isinstance(value, str):
             value = [v for v in (s.strip() for s in value.split(",")) if v]
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {key} must be a list of {item.__name__}, got {value!r}")
         return [_scalar(key, item, v, source) for v in value]
-    if origin in (dict,) or t is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {key} must be a table")
-        return dict(value)
     return _scalar(key, t, value, source)
 
 
@@ -160,7 +161,7 @@ def _scalar(key: str, t: type, value, source: str):
         if t is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(value) if not isinstance(value, str) else int(value.strip())
+            return int(value)
         if t is float:
             if isinstance(value, bool):
                 raise ValueError
@@ -279,7 +280,7 @@ def parse_published(table, where: str) -> Published:
         rwhere = f"{where} row {i}"
         values = {k: v for k, v in row.items() if "/" in k}
         match = {k: v for k, v in row.items() if "/" not in k}
-        _check_keys(match, FIELDS, f"{rwhere} (a key without '/' selects runs by their config)")
+        _check_keys(match, MATCHABLE, f"{rwhere} (a key without '/' selects runs by their config)")
         if not values:
             raise ConfigError(f"{rwhere}: no metric (a key with '/', e.g. \"test/log_px\" = -85.54)")
         for k, v in values.items():

@@ -361,12 +361,3 @@ def _linear_gaussian(data_dir: Path):
     x = z @ W.T + b + sigma * torch.randn(n, W.shape[0], generator=g)
     x = x.numpy()
     return x[:-500], x[-500:], (W.shape[0],), f"pPCA d={W.shape[1]} sigma={sigma} seed={SPLIT_SEED}"
-
-
-def true_log_marginal(x: Tensor) -> Tensor:
-    """``log p(x)`` under the generating model of the ``linear-gaussian`` data (a reference value)."""
-    W, b, sigma = (t.to(x.device) if torch.is_tensor(t) else t for t in linear_gaussian_model())
-    cov = W @ W.T + sigma**2 * torch.eye(W.shape[0], device=x.device)
-    return torch.distributions.MultivariateNormal(b, covariance_matrix=cov).log_prob(x)
-
-

@@ -1,5 +1,6 @@
-"""The registry contract (DESIGN.md), parametrized over every registered variant and objective:
-a new variant is tested by registering it."""
+"""The registry contract (the README's "Adding a variant", ``variants/base.py``,
+``bench/objectives/registry.py``), parametrized over every registered variant and objective: a new
+variant is tested by registering it."""
 
 from __future__ import annotations
 

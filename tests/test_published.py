@@ -64,6 +64,9 @@ def test_a_published_table_is_parsed_and_keyed_by_run_config(tmp_path):
     ('citation = "c"\ntable = "T"\nprotocol = "p"\nrows = [{k = "five", "test/log_px" = 1.0}]', "k must be int"),
     ('citation = "c"\ntable = "T"\nprotocol = "p"\nrows = [{k = 5, "test/log_px" = "-85"}]', "must be a number"),
     ('citation = "c"\ntable = "T"\nprotocol = "p"\nrows = [{k = 5, "test/log_px" = 1.0}]\ncolour = 1', "unknown key.*colour"),
+    # the option tables are recorded per option (option.<name>): a row cannot select by the table
+    ('citation = "c"\ntable = "T"\nprotocol = "p"\nrows = [{variant_options = {n_codes = 8}, "test/log_px" = 1.0}]',
+     "unknown key.*variant_options"),
 ])
 def test_a_broken_published_table_is_one_clear_error(tmp_path, broken, says):
     with pytest.raises(ConfigError, match=says):
