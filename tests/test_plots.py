@@ -237,3 +237,16 @@ def test_run_figure(tmp_path):
     plots.run_figure({k: v for k, v in hist.items() if not k.startswith("gap/")}, tmp_path / "bounds.png")
     width = {n: mpimg.imread(tmp_path / f"{n}.png").shape[1] for n in ("curves", "empty", "bounds")}
     assert width["curves"] > 1.8 * width["empty"] and width["bounds"] == width["empty"]
+
+
+def test_the_readme_lists_every_registered_figure():
+    """The README's figure table under "The report" and the figure registry name the same files,
+    and every registered figure has a title and a caption of its own."""
+    from tests.conftest import ROOT
+
+    section = (ROOT / "README.md").read_text().split("\n## The report", 1)[1].split("\n## ", 1)[0]
+    listed = {n for line in section.splitlines() if line.startswith("| `")
+              for n in re.findall(r"`([^`]+\.png)`", line.split("|")[1])}
+    assert listed == set(plots.FIGURES)
+    captions = [f.caption for f in plots.FIGURES.values()]
+    assert all(len(c) > 40 for c in captions) and len(set(captions)) == len(captions)

@@ -6,7 +6,10 @@ after a note saying why it could not be drawn. ``bench.plots.report.draw`` itera
 :data:`FIGURES` in registration order; the report's caption of a figure is the one registered
 with it. Adding a figure is one decorated function here.
 
-Every figure is drawn for the ~900 px GitHub shows (:data:`bench.plots.style.WIDTH`): labels
+Colours: a variant keeps one colour in every figure of every suite; a figure of a single variant
+trained with several estimators colours the estimators instead (distinct within the figure); in
+the gradient panels an estimator's colour is fixed by its place in its family. Every
+figure is drawn for the ~900 px GitHub shows (:data:`bench.plots.style.WIDTH`): labels
 horizontal, one panel per dataset (their values are not comparable), small multiples where one
 axis would hold more than a handful of lines, and lines labelled at their ends rather than in a
 legend. Names, labels, units and directions come from ``bench.vocabulary``.
@@ -89,6 +92,17 @@ def _group_label(variant: str, objective: str) -> str:
     return variant if objective == variant else f"{variant} / {objective}"
 
 
+def _colors(d: pd.DataFrame):
+    """``color(variant, objective)``: the variant's fixed colour, or, where ``d`` holds a single
+    variant trained with several objectives (the estimator suites), one colour per objective,
+    distinct within the figure."""
+    if d["variant"].nunique() == 1 and d["objective"].nunique() > 1:
+        est = {o: estimator_color(i) for i, o in enumerate(sorted(d["objective"].unique()))}
+        return lambda v, o: est[o]
+    pal = variant_colors(sorted(d["variant"].unique()))
+    return lambda v, o: pal[v]
+
+
 def _spread(fracs: list[float], gap: float) -> list[float]:
     """Positions in [0, 1] (axes fraction) at least ``gap`` apart and in the same order as
     ``fracs``, each as near its own as that allows: labels at the ends of lines that end close."""
@@ -158,30 +172,35 @@ def learning_curves(ctx: Context):
         ctx.notes.append("no val/elbo history in any run: learning curves not drawn")
         return None
     datasets = sorted(h["dataset"].unique())
-    pal = variant_colors(sorted(h["variant"].unique()))
+    color = _colors(h)
     fig, axes = plt.subplots(len(datasets), 1, figsize=(WIDTH * 0.78, 3.6 * len(datasets)), squeeze=False)
     labels = []
     for ax, ds in zip(axes[:, 0], datasets):
         d = h[h["dataset"] == ds]
         g = d.groupby(["variant", "objective", "step"])["value"].agg(["mean", "std"]).reset_index()
         last_epoch = int(g["step"].max())
-        start = max(2, math.ceil(0.1 * last_epoch))
+        start = math.ceil(0.1 * last_epoch) if last_epoch >= 10 else 1  # (short runs: no cut)
         late = g[g["step"] >= start]["mean"] if (g["step"] >= start).any() else g["mean"]
         lo, hi = float(late.min()), float(g["mean"].max())
         pad = 0.06 * (hi - lo) if hi > lo else 1.0
         items = []
         for (v, o), c in g.groupby(["variant", "objective"], sort=True):
             style = ["-", "--", ":", "-."][sorted(d[d["variant"] == v]["objective"].unique()).index(o) % 4]
-            ax.plot(c["step"], c["mean"], color=pal[v], lw=1.6, ls=style)
+            ax.plot(c["step"], c["mean"], color=color(v, o), lw=1.6, ls=style, marker="o" if last_epoch < 15 else None,
+                    ms=4)
             if c["std"].notna().any():
-                ax.fill_between(c["step"], c["mean"] - c["std"], c["mean"] + c["std"], color=pal[v], alpha=0.15, lw=0)
-            items.append((c["step"].iloc[-1], c["mean"].iloc[-1], _group_label(v, o), pal[v]))
+                ax.fill_between(c["step"], c["mean"] - c["std"], c["mean"] + c["std"], color=color(v, o), alpha=0.15,
+                                lw=0)
+            items.append((c["step"].iloc[-1], c["mean"].iloc[-1], _group_label(v, o), color(v, o)))
         ax.set_ylim(lo - pad, hi + pad)
         if (g["mean"] < lo - pad).any():
             ax.text(0.01, 0.02, f"below the axis: epochs before {start}", transform=ax.transAxes, fontsize=8,
                     color="0.35")
-        ax.set_xlim(0, last_epoch)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlim(0.5 if last_epoch < 15 else 0, last_epoch + (0.5 if last_epoch < 15 else 0))
+        if last_epoch < 15:
+            ax.set_xticks(range(1, last_epoch + 1))
+        else:
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set(xlabel="epoch", ylabel=vocabulary.axis("val/elbo").replace(" (", "\n("), title=f"{ds}")
         ax.grid(alpha=0.3)
         labels.append((ax, items))
@@ -214,7 +233,7 @@ def test_log_likelihood(ctx: Context):
         ctx.notes.append("no test/log_px or test/elbo in any run: test log-likelihood figure not drawn")
         return None
     datasets = [ds for ds in _datasets(df) if any(values(df[df["dataset"] == ds], m).notna().any() for m, *_ in marks)]
-    pal = variant_colors(sorted(df["variant"].unique()))
+    color = _colors(df)
     sizes = [df[df["dataset"] == ds][["variant", "objective"]].drop_duplicates().shape[0] for ds in datasets]
     fig, axes = _rows_figure([0.6 + 0.3 * n for n in sizes])
     for ax, ds in zip(axes[:, 0], datasets):
@@ -226,19 +245,19 @@ def test_log_likelihood(ctx: Context):
                 means["test/elbo"].mean() if "test/elbo" in means and len(means["test/elbo"]) else -np.inf)
             groups.append((order, v, o, g, means))
         groups.sort(key=lambda t: (np.nan_to_num(t[0], nan=-np.inf), t[1]))
-        for y, (_, v, _, _, means) in enumerate(groups):
+        for y, (_, v, o, _, means) in enumerate(groups):
             have = [means[m].mean() for m in ("test/elbo", "test/log_px") if m in means and len(means[m])]
             if len(have) == 2:
-                ax.plot(have, [y, y], color=pal[v], lw=2, alpha=0.5, zorder=1)
+                ax.plot(have, [y, y], color=color(v, o), lw=2, alpha=0.5, zorder=1)
             for m, _, kw in marks:
                 vals = means[m]
                 if not len(vals):
                     continue
-                ax.scatter(vals, [y] * len(vals), color=pal[v], s=10, alpha=0.5, zorder=2)
+                ax.scatter(vals, [y] * len(vals), color=color(v, o), s=10, alpha=0.5, zorder=2)
                 exact = kw["marker"] == "|"
-                color = "black" if exact else pal[v]
-                ax.errorbar(vals.mean(), y, xerr=_sd(vals) or None, fmt=kw["marker"], color=color,
-                            mfc=kw.get("facecolor", color), mec="black" if kw["marker"] == "o" else color,
+                c = "black" if exact else color(v, o)
+                ax.errorbar(vals.mean(), y, xerr=_sd(vals) or None, fmt=kw["marker"], color=c,
+                            mfc=kw.get("facecolor", c), mec="black" if kw["marker"] == "o" else c,
                             ms=16 if exact else 8, mew=2.0 if exact else 1.0, capsize=3, zorder=4 if exact else 3)
         ax.set_yticks(range(len(groups)), [_group_label(v, o) for _, v, o, *_ in groups], fontsize=9)
         ax.set_ylim(-0.6, len(groups) - 0.4)
@@ -270,7 +289,7 @@ def gaps(ctx: Context):
     if d.empty:
         ctx.notes.append("no run has both gap/approximation and gap/amortization: gap figure not drawn")
         return None
-    pal = variant_colors(sorted(d["variant"].unique()))
+    color = _colors(d)
     datasets = _datasets(d)
     sizes = [d[d["dataset"] == ds][["variant", "objective"]].drop_duplicates().shape[0] for ds in datasets]
     fig, axes = _rows_figure([0.5 + 0.32 * n for n in sizes])
@@ -283,7 +302,7 @@ def gaps(ctx: Context):
             rows.append((ap.mean() + am.mean(), v, o, ap.mean(), am.mean(), _sd(ap + am), ng.mean() if len(ng) else np.nan))
         rows.sort(key=lambda r: -r[0])
         y = np.arange(len(rows))
-        colors = [pal[r[1]] for r in rows]
+        colors = [color(r[1], r[2]) for r in rows]
         ap = np.array([r[3] for r in rows])
         am = np.array([r[4] for r in rows])
         ax.barh(y, ap, color=colors, edgecolor="black", height=0.7)
@@ -346,6 +365,9 @@ def estimator_colors(names) -> dict[str, str]:
 
 
 def _gradient_figure(ctx: Context, group: str, stat: str, what: str):
+    """The estimators' ``group`` gradient ``stat`` (``snr`` or ``var``): against k, one panel per
+    variant and estimator family, when some estimator was measured at several k; else one panel
+    per variant, an estimator a row (suites that train each estimator at its own k)."""
     g = store.gradient_frame(ctx.df)
     g = g[(g["group"] == group) & g[stat].notna()] if not g.empty else g
     if g.empty:
@@ -362,87 +384,119 @@ def _gradient_figure(ctx: Context, group: str, stat: str, what: str):
     multi_ds = g["dataset"].nunique() > 1
     g["panel_variant"] = g["variant"] + (" on " + g["dataset"] if multi_ds else "")
     g["family"] = g["objective"].map(family)
+    vmin, vmax = float(g[stat].min()), float(g[stat].max())
+    if stat == "snr":
+        lo_all = g["snr_lo"][g["snr_lo"] > 0]
+        vmin = min(vmin, float(lo_all.min())) if len(lo_all) else vmin
+        hi_all = g["snr_hi"].replace(np.inf, np.nan).dropna()
+        vmax = max(vmax, float(hi_all.max())) if len(hi_all) else vmax
+        floors = g["snr_floor"].dropna()
+        vmin = min(vmin, float(floors.min())) if len(floors) else vmin
+    limits = (vmin / 1.6, vmax * 1.6)
+    lines = bool((g.groupby(["panel_variant", "objective"])["k"].nunique() > 1).any())
+    draw = _gradient_lines if lines else _gradient_dots
+    fig = draw(ctx, g, stat, f"{group} gradient {what}", limits)
+    epochs = sorted({str(e) for e in ctx.df.get("params.epochs", pd.Series(dtype=str)).dropna()})
+    when = f"at the final parameters (epoch {'/'.join(epochs)})" if epochs else "at the final parameters"
+    band = ("; band: 95% interval" if lines else "; bar: 95% interval") if stat == "snr" else ""
+    fig.suptitle(f"{group.capitalize()} gradient {what} of each estimator {when}{band}", fontsize=10, y=1.0,
+                 va="bottom")
+    return fig
+
+
+def _floor(ax, d: pd.DataFrame, df: pd.DataFrame, vertical: bool) -> None:
+    """The plug-in SNR's noise floor at the panel's number of draws, dashed."""
+    if "snr_floor" not in d or not d["snr_floor"].notna().any():
+        return
+    floor = float(d["snr_floor"].mean())
+    line = ax.axvline if vertical else ax.axhline
+    line(floor, color="0.35", ls="--", lw=1)
+    if vertical:
+        ax.text(floor, 1.0, f" plug-in floor{_draws(df, d)}", transform=ax.get_xaxis_transform(), fontsize=7,
+                color="0.35", va="bottom", ha="center")
+    else:
+        ax.text(0.02, floor, f"plug-in floor{_draws(df, d)}", transform=ax.get_yaxis_transform(), fontsize=7,
+                color="0.35", va="bottom")
+
+
+def _gradient_lines(ctx: Context, g: pd.DataFrame, stat: str, ylabel: str, limits: tuple[float, float]):
+    bottom, top = limits
     panels = sorted({(v, f) for v, f in zip(g["panel_variant"], g["family"])},
                     key=lambda t: (t[0], FAMILY_ORDER.index(t[1])))
     colors = estimator_colors(sorted(g["objective"].unique()))
     ks = sorted(g["k"].unique())
-    lines = len(ks) > 1
     ncols = 2 if len(panels) > 1 else 1
     nrows = math.ceil(len(panels) / ncols)
-    panel_w = (WIDTH * 0.72) / ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH, 2.2 * nrows + 0.4), squeeze=False, sharey=True)
-    vmin, vmax = float(g[stat].min()), float(g[stat].max())
-    if stat == "snr":
-        lo_all = g["snr_lo"][g["snr_lo"] > 0] if "snr_lo" in g else pd.Series(dtype=float)
-        vmin = min(vmin, float(lo_all.min())) if len(lo_all) else vmin
-        vmax = max(vmax, float(g["snr_hi"].replace(np.inf, np.nan).max())) if g["snr_hi"].notna().any() else vmax
-        floors = g["snr_floor"].dropna()
-        if len(floors):
-            vmin = min(vmin, float(floors.min()))
-    bottom, top = vmin / 1.6, vmax * 1.6
     labels = []
     for ax, (pv, fam) in zip(axes.flat, panels):
         d = g[(g["panel_variant"] == pv) & (g["family"] == fam)]
         items = []
         for o, e in d.groupby("objective", sort=True):
-            s = e.groupby("k").agg(mean=(stat, "mean"), lo=("snr_lo", "min"), hi=("snr_hi", "max"),
-                                   seeds=("seed", "nunique")).reset_index() if stat == "snr" else \
-                e.groupby("k").agg(mean=(stat, "mean"), sd=(stat, "std")).reset_index()
-            c = colors[o]
-            if lines:
-                ax.plot(s["k"], s["mean"], color=c, marker="o", ms=3.5, lw=1.5)
-                if stat == "snr":
-                    ax.fill_between(s["k"], s["lo"].clip(lower=bottom), s["hi"].clip(upper=top), color=c, alpha=0.13, lw=0)
-                items.append((s["k"].iloc[-1], s["mean"].iloc[-1], o, c))
-            else:
-                y = len(items)
-                err = None
-                if stat == "snr":
-                    err = [[max(s["mean"].iloc[0] - max(s["lo"].iloc[0], bottom), 0)],
-                           [max(min(s["hi"].iloc[0], top) - s["mean"].iloc[0], 0)]]
-                ax.errorbar(s["mean"].iloc[0], y, xerr=err, fmt="o", color=c, capsize=3, ms=6)
-                items.append((0, y, o, c))
-        if stat == "snr" and d["snr_floor"].notna().any():
-            floor = float(d["snr_floor"].mean())
-            n_draws = _draws(ctx.df, d)
-            if lines:
-                ax.axhline(floor, color="0.35", ls="--", lw=1)
-                ax.text(0.02, floor, f"plug-in floor{n_draws}", transform=ax.get_yaxis_transform(), fontsize=7,
-                        color="0.35", va="bottom")
-            else:
-                ax.axvline(floor, color="0.35", ls="--", lw=1)
-        if lines:
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(ks, [str(k) for k in ks])
-            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-            ax.set_yscale("log")
-            ax.set_ylim(bottom, top)
-            labels.append((ax, items))
-        else:
-            ax.set_xscale("log")
-            ax.set_xlim(bottom, top)
-            ax.set_yticks(range(len(items)), [i[2] for i in items], fontsize=8)
-            ax.set_ylim(-0.6, len(items) - 0.4)
+            s = e.groupby("k").agg(mean=(stat, "mean"), lo=("snr_lo", "min"), hi=("snr_hi", "max")).reset_index()
+            ax.plot(s["k"], s["mean"], color=colors[o], marker="o", ms=3.5, lw=1.5)
+            if stat == "snr":
+                ax.fill_between(s["k"], s["lo"].clip(lower=bottom), s["hi"].clip(upper=top), color=colors[o], alpha=0.13,
+                                lw=0)
+            items.append((s["k"].iloc[-1], s["mean"].iloc[-1], o, colors[o]))
+        if stat == "snr":
+            _floor(ax, d, ctx.df, vertical=False)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_yscale("log")
+        ax.set_ylim(bottom, top)
         ax.set_title(f"{pv} · {fam}", fontsize=9, loc="left")
         ax.grid(alpha=0.3, which="major")
         ax.tick_params(labelsize=8)
+        labels.append((ax, items))
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     for ax in axes[:, 0]:
-        if lines:
-            ax.set_ylabel(f"{group} gradient {what}", fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=9)
     for ax in axes[-1, :]:
-        ax.set_xlabel("samples per example k" if lines else f"{group} gradient {what}", fontsize=9)
-    epochs = sorted({str(e) for e in ctx.df.get("params.epochs", pd.Series(dtype=str)).dropna()})
-    when = f"at the final parameters (epoch {'/'.join(epochs)})" if epochs else "at the final parameters"
-    band = "; band: 95% interval" if stat == "snr" else ""
+        ax.set_xlabel("samples per example k", fontsize=9)
     fig.tight_layout()
-    fig.suptitle(f"{group.capitalize()} gradient {what} of each estimator {when}{band}", fontsize=10, y=1.0,
-                 va="bottom")
-    if lines:
-        fig.subplots_adjust(wspace=0.1 + 1.0 / max(panel_w, 1.0), right=0.86)
-        for ax, items in labels:
-            end_labels(ax, items, fontsize=7.5)
+    fig.subplots_adjust(wspace=0.1 + 1.0 / max((WIDTH * 0.72) / ncols, 1.0), right=0.86)
+    for ax, items in labels:
+        end_labels(ax, items, fontsize=7.5)
+    return fig
+
+
+def _gradient_dots(ctx: Context, g: pd.DataFrame, stat: str, xlabel: str, limits: tuple[float, float]):
+    """Each estimator at its one k: a row per estimator (best at the top), the value (mean over
+    seeds) and, for the SNR, its 95% interval (the union over seeds)."""
+    bottom, top = limits
+    variants = sorted(g["panel_variant"].unique())
+    colors = {o: estimator_color(i) for i, o in enumerate(sorted(g["objective"].unique()))}  # distinct here
+    sizes = [g[g["panel_variant"] == v]["objective"].nunique() for v in variants]
+    fig, axes = _rows_figure([0.5 + 0.3 * n for n in sizes], sharex=True)
+    better = vocabulary.HIGHER if stat == "snr" else vocabulary.LOWER
+    for ax, v in zip(axes[:, 0], variants):
+        d = g[g["panel_variant"] == v]
+        rows = []
+        for o, e in d.groupby("objective", sort=True):
+            k = sorted(e["k"].unique())
+            rows.append((float(e[stat].mean()), o, "/".join(map(str, k)), float(e["snr_lo"].min()),
+                         float(e["snr_hi"].max())))
+        rows.sort(key=lambda r: r[0] if better == vocabulary.HIGHER else -r[0])
+        for y, (val, o, _, lo, hi) in enumerate(rows):
+            err = None
+            if stat == "snr" and np.isfinite(lo) and np.isfinite(hi):
+                err = [[max(val - max(lo, bottom), 0.0)], [max(min(hi, top) - val, 0.0)]]
+            ax.errorbar(val, y, xerr=err, fmt="o", color=colors[o], capsize=3, ms=7, mec="black")
+            ax.text(val, y + 0.28, f"{val:.3g}", fontsize=7.5, ha="center", va="bottom", color="0.25")
+        if stat == "snr":
+            _floor(ax, d, ctx.df, vertical=True)
+        ax.set_yticks(range(len(rows)), [f"{o} (k={k})" for _, o, k, *_ in rows], fontsize=9)
+        ax.set_ylim(-0.6, len(rows) - 0.2)
+        ax.set_xscale("log")
+        ax.set_xlim(bottom, top)
+        ax.set_title(v, fontsize=9, loc="left")
+        ax.grid(alpha=0.3, axis="x", which="major")
+        ax.tick_params(labelsize=8)
+    axes[-1, 0].set_xlabel(f"{xlabel} ({'higher' if better == vocabulary.HIGHER else 'lower'} is better)", fontsize=9)
+    fig.tight_layout()
     return fig
 
 
@@ -494,7 +548,7 @@ def throughput(ctx: Context):
     if not cols:
         ctx.notes.append("no perf/*_examples_per_s in any run: throughput figure not drawn")
         return None
-    pal = variant_colors(sorted(df["variant"].unique()))
+    color = _colors(df)
     multi_ds = df["dataset"].nunique() > 1
     rows = []
     for (ds, v, o), g in df.groupby(["dataset", "variant", "objective"], sort=True):
@@ -506,7 +560,7 @@ def throughput(ctx: Context):
     for ax, col in zip(axes[0], cols):
         means = [values(g, col).mean() for *_, g in rows]
         sds = [_sd(values(g, col).dropna()) for *_, g in rows]
-        ax.barh(y, np.nan_to_num(means), xerr=sds, color=[pal[v] for _, v, _, _ in rows], height=0.7, capsize=2)
+        ax.barh(y, np.nan_to_num(means), xerr=sds, color=[color(v, o) for _, v, o, _ in rows], height=0.7, capsize=2)
         top = np.nanmax(means) if np.isfinite(np.nanmax(means)) else 1.0
         for yi, mval in zip(y, means):
             if np.isfinite(mval):
@@ -545,7 +599,7 @@ def cost_quality(ctx: Context):
     if df.empty:
         ctx.notes.append("no run has both perf/train_seconds and test/log_px: cost-quality figure not drawn")
         return None
-    pal = variant_colors(sorted(df["variant"].unique()))
+    color = _colors(df)
     datasets = _datasets(df)
     sizes = [df[df["dataset"] == ds][["variant", "objective"]].drop_duplicates().shape[0] for ds in datasets]
     fig, axes = _rows_figure([1.6 if n == 1 else 3.8 for n in sizes], width=WIDTH * 0.8)
@@ -554,12 +608,12 @@ def cost_quality(ctx: Context):
         pts, labels, cols = [], [], []
         for (v, o), g in d.groupby(["variant", "objective"], sort=True):
             gx, gy = values(g, x), values(g, y)
-            ax.scatter(gx, gy, color=pal[v], s=12, alpha=0.45)
-            ax.errorbar(gx.mean(), gy.mean(), xerr=_sd(gx) or None, yerr=_sd(gy) or None, fmt="o", color=pal[v],
+            ax.scatter(gx, gy, color=color(v, o), s=12, alpha=0.45)
+            ax.errorbar(gx.mean(), gy.mean(), xerr=_sd(gx) or None, yerr=_sd(gy) or None, fmt="o", color=color(v, o),
                         mec="black", ms=8, capsize=3)
             pts.append((gx.mean(), gy.mean()))
             labels.append(_group_label(v, o))
-            cols.append(pal[v])
+            cols.append(color(v, o))
         front = pareto_front(pts)
         if len(front) > 1:
             ax.step([pts[i][0] for i in front], [pts[i][1] for i in front], where="post", color="0.4", lw=1, ls="--",
@@ -611,7 +665,7 @@ def samples(ctx: Context):
         return None
     cols = min(len(images), 4)
     rows = math.ceil(len(images) / cols)
-    pal = variant_colors(sorted(ctx.df["variant"].unique()))
+    color = _colors(ctx.df)
     fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, (WIDTH / cols + 0.45) * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -622,7 +676,7 @@ def samples(ctx: Context):
         ax.set_xticks([])
         ax.set_yticks([])
         for s in ax.spines.values():
-            s.set_edgecolor(pal[v])
+            s.set_edgecolor(color(v, o))
             s.set_linewidth(3)
         ax.set_title(f"{_group_label(v, o)}\nseed {seed}" + (f", {ds}" if multi_ds else ""), fontsize=9)
     fig.tight_layout()

@@ -4,13 +4,15 @@ published, in the metric's own units and sign."""
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from bench import vocabulary
 from bench.plots.store import KEY
-from bench.plots.style import variant_colors
+from bench.plots.style import WIDTH, variant_colors
 from bench.plots.tables import fmt
 
 
@@ -113,9 +115,10 @@ def published_figure(pub: pd.DataFrame, published, notes: list[str]):
         return None
     metrics = list(dict.fromkeys(pub["metric"]))
     pal = variant_colors(sorted(pub["variant"].unique()))
-    n_rows = max(len(pub[pub["metric"] == m]) for m in metrics)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 1.2 + 0.42 * n_rows), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    heights = [1.0 + 0.35 * len(pub[pub["metric"] == m]) for m in metrics]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(WIDTH, sum(heights) + 0.5), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, metric in zip(axes[:, 0], metrics):
         d = pub[pub["metric"] == metric].reset_index(drop=True)
         multi_ds = d["dataset"].nunique() > 1
         names = [f"{v} / {o}" + (f" / {ds}" if multi_ds else "")
@@ -142,6 +145,7 @@ def published_figure(pub: pd.DataFrame, published, notes: list[str]):
         ax.annotate("ours −\npublished", (1.01, 1.0), xycoords="axes fraction", va="bottom", fontsize=8)
         ax.set(xlabel=vocabulary.axis(metric) if vocabulary.lookup(metric) is not None else metric)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"Ours against {published.citation}, {published.table}", fontsize=10, y=1.0, va="bottom")
+    title = textwrap.fill(f"Ours against {published.citation}, {published.table}", 110)
+    fig.suptitle(title, fontsize=9, y=1.0, va="bottom")
     fig.tight_layout()
     return fig
