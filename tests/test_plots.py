@@ -136,7 +136,8 @@ def test_draw_figures_tables_and_report(store, tmp_path, capsys):
     for fig in figures:
         assert f"]({fig})" in readme
         assert plots.FIGURES[fig].caption in readme  # the caption registered with the figure
-    # the protocol carries the params' numbers
+    # the store is named without the machine's path; the protocol carries the params' numbers
+    assert str(tmp_path.parent) not in readme and "store `sqlite store mlflow.db`" in readme
     assert re.search(r"\| eval_k \| 100 \|", readme) and re.search(r"\| binarization \| dynamic \|", readme)
 
     import pandas as pd
@@ -250,3 +251,13 @@ def test_the_readme_lists_every_registered_figure():
     assert listed == set(plots.FIGURES)
     captions = [f.caption for f in plots.FIGURES.values()]
     assert all(len(c) > 40 for c in captions) and len(set(captions)) == len(captions)
+
+
+def test_the_store_is_named_without_paths_or_passwords(tmp_path, monkeypatch):
+    from bench.plots.store import store_name
+
+    monkeypatch.chdir(tmp_path)
+    assert store_name(f"sqlite:///{tmp_path}/sub/mlflow.db") == "sqlite:///sub/mlflow.db"
+    assert store_name("sqlite:////elsewhere/x/mlflow.db") == "sqlite store mlflow.db"
+    assert store_name("postgresql+psycopg://vaebench:s3cret@127.0.0.1:5432/mlflow") == "postgresql database mlflow"
+    assert store_name("http://127.0.0.1:5000") == "http tracking server"

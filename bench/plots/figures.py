@@ -142,6 +142,13 @@ def _datasets(df: pd.DataFrame) -> list[str]:
     return sorted(df["dataset"].unique())
 
 
+def _dataset_panels(d: pd.DataFrame, datasets: list[str], base: float, per_row: float):
+    """One panel per dataset, stacked, each ``base + per_row x`` its variant / objective groups
+    high (the rows of a dot or bar plot)."""
+    sizes = [d[d["dataset"] == ds][["variant", "objective"]].drop_duplicates().shape[0] for ds in datasets]
+    return _rows_figure([base + per_row * n for n in sizes])
+
+
 def _rows_figure(heights: list[float], width: float = WIDTH, ncols: int = 1, **kw):
     """A figure of stacked panels whose heights follow their contents (rows of a dot plot)."""
     fig, axes = plt.subplots(len(heights), ncols, figsize=(width, sum(heights) + 0.4 * len(heights)),
@@ -234,8 +241,7 @@ def test_log_likelihood(ctx: Context):
         return None
     datasets = [ds for ds in _datasets(df) if any(values(df[df["dataset"] == ds], m).notna().any() for m, *_ in marks)]
     color = _colors(df)
-    sizes = [df[df["dataset"] == ds][["variant", "objective"]].drop_duplicates().shape[0] for ds in datasets]
-    fig, axes = _rows_figure([0.6 + 0.3 * n for n in sizes])
+    fig, axes = _dataset_panels(df, datasets, 0.6, 0.3)
     for ax, ds in zip(axes[:, 0], datasets):
         d = df[df["dataset"] == ds]
         groups = []
@@ -291,8 +297,7 @@ def gaps(ctx: Context):
         return None
     color = _colors(d)
     datasets = _datasets(d)
-    sizes = [d[d["dataset"] == ds][["variant", "objective"]].drop_duplicates().shape[0] for ds in datasets]
-    fig, axes = _rows_figure([0.5 + 0.32 * n for n in sizes])
+    fig, axes = _dataset_panels(d, datasets, 0.5, 0.32)
     for ax, ds in zip(axes[:, 0], datasets):
         dd = d[d["dataset"] == ds]
         rows = []
@@ -390,8 +395,9 @@ def _gradient_figure(ctx: Context, group: str, stat: str, what: str):
         vmin = min(vmin, float(lo_all.min())) if len(lo_all) else vmin
         hi_all = g["snr_hi"].replace(np.inf, np.nan).dropna()
         vmax = max(vmax, float(hi_all.max())) if len(hi_all) else vmax
-        floors = g["snr_floor"].dropna()
+        floors = g["snr_floor"].replace(np.inf, np.nan).dropna()
         vmin = min(vmin, float(floors.min())) if len(floors) else vmin
+        vmax = max(vmax, float(floors.max())) if len(floors) else vmax
     limits = (vmin / 1.6, vmax * 1.6)
     lines = bool((g.groupby(["panel_variant", "objective"])["k"].nunique() > 1).any())
     draw = _gradient_lines if lines else _gradient_dots
@@ -409,6 +415,8 @@ def _floor(ax, d: pd.DataFrame, df: pd.DataFrame, vertical: bool) -> None:
     if "snr_floor" not in d or not d["snr_floor"].notna().any():
         return
     floor = float(d["snr_floor"].mean())
+    if not np.isfinite(floor):  # (n = 2 draws: the plug-in has no finite floor)
+        return
     line = ax.axvline if vertical else ax.axhline
     line(floor, color="0.35", ls="--", lw=1)
     if vertical:

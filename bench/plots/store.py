@@ -9,11 +9,14 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
+import numpy as np
 import pandas as pd
 
 from bench import vocabulary
 
 KEY = ["variant", "objective", "dataset"]
+# MLflow's SQL stores keep an infinite metric (a deterministic gradient's SNR) as the largest float
+_STORED_INF = 1.7e308
 
 
 def client(tracking_uri: str):
@@ -78,6 +81,8 @@ def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
     if not rows:
         return pd.DataFrame(), [f"experiment {suite!r} has no child runs yet"]
     df = pd.DataFrame(rows)
+    mcols = [c for c in df.columns if c.startswith("metrics.")]
+    df[mcols] = df[mcols].mask(df[mcols].abs() >= _STORED_INF, np.sign(df[mcols]) * np.inf)
     for col in KEY + ["seed"]:
         p = f"params.{col}"
         df[col] = df[p].fillna("?") if p in df else "?"
