@@ -82,7 +82,8 @@ def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
         return pd.DataFrame(), [f"experiment {suite!r} has no child runs yet"]
     df = pd.DataFrame(rows)
     mcols = [c for c in df.columns if c.startswith("metrics.")]
-    df[mcols] = df[mcols].mask(df[mcols].abs() >= _STORED_INF, np.sign(df[mcols]) * np.inf)
+    m = df[mcols].astype(float)
+    df = pd.concat([df.drop(columns=mcols), m.mask(m.abs() >= _STORED_INF, np.sign(m) * np.inf)], axis=1)
     for col in KEY + ["seed"]:
         p = f"params.{col}"
         df[col] = df[p].fillna("?") if p in df else "?"
