@@ -161,7 +161,7 @@ def draws_per_pass(model: nn.Module, x: Tensor, chunk: int = 0) -> int:
     def energy(n: int) -> None:
         _energy(model, x[:b], model.sample_prior(n * b).reshape(n, b, -1), 0.5)
 
-    return sized_chunk(energy, b, x.device)
+    return sized_chunk(energy, b, x.device, model, ("ais", b, tuple(x.shape[1:]), x.dtype, str(x.device)))
 
 
 def _batches(x: Tensor, chains: int, chunk: int):

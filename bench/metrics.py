@@ -30,6 +30,7 @@ import os
 import resource
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator
 
 import torch
@@ -99,13 +100,23 @@ def allocated_bytes(fn: Callable[[], object], device: str | torch.device = "cpu"
     return count.bytes
 
 
-def sized_chunk(fn: Callable[[int], object], unit: int, device: str | torch.device) -> int:
+_UNIT_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: bytes per unit}
+
+
+def sized_chunk(fn: Callable[[int], object], unit: int, device: str | torch.device,
+                model: nn.Module | None = None, key: tuple = ()) -> int:
     """How many units (log-weights, latent draws) one pass of ``fn`` may take on ``device``:
     :func:`pass_bytes` over the bytes a unit costs, measured as the difference of
     :func:`allocated_bytes` between ``fn(1)`` and ``fn(3)`` (``fn(n)`` evaluates ``n * unit``
-    units), so that what does not grow with the units (an encoder pass) is left out."""
-    small, large = allocated_bytes(lambda: fn(1), device), allocated_bytes(lambda: fn(3), device)
-    per_unit = max(MIN_UNIT_BYTES, (large - small) / (2 * unit))
+    units), so that what does not grow with the units (an encoder pass) is left out. With a
+    ``model``, the measurement is kept for it under ``key`` (the input's shape, dtype, ...): a
+    model's cost per unit does not change with its weights, and a measurement costs two passes
+    under a Python dispatch mode (milliseconds, which an evaluation every epoch would repeat)."""
+    cache = _UNIT_BYTES.setdefault(model, {}) if model is not None else {}
+    per_unit = cache.get(key)
+    if per_unit is None:
+        small, large = allocated_bytes(lambda: fn(1), device), allocated_bytes(lambda: fn(3), device)
+        per_unit = cache[key] = max(MIN_UNIT_BYTES, (large - small) / (2 * unit))
     return int(max(1, min(MAX_CHUNK, pass_bytes(device) // per_unit)))
 
 
@@ -118,7 +129,8 @@ def log_weight_chunk(model: nn.Module, x: Tensor, params: Tensor | None = None, 
         return chunk
     b = min(4, x.shape[0])
     p = None if params is None else params[:b]
-    return sized_chunk(lambda n: model.log_weights(x[:b], n, params=p), b, x.device)
+    key = ("log_weights", b, tuple(x.shape[1:]), x.dtype, str(x.device), None if p is None else tuple(p.shape[1:]), model.training)
+    return sized_chunk(lambda n: model.log_weights(x[:b], n, params=p), b, x.device, model, key)
 
 
 @contextlib.contextmanager

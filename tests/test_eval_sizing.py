@@ -46,6 +46,10 @@ def test_a_pass_holds_the_cpu_budget_measured_per_log_weight():
     per_lw = 100 * 4 + 4 + 4  # the [k, B, 100] tensor, its [k, B] sum and the sum's sum; the encoder cancels
     assert metrics.log_weight_chunk(model, x) == metrics.CPU_PASS_BYTES // per_lw
     assert metrics.log_weight_chunk(model, x, chunk=123) == 123  # an explicit value is honoured
+    probes = len(model.calls)
+    assert metrics.log_weight_chunk(model, x) == metrics.CPU_PASS_BYTES // per_lw and len(model.calls) == probes  # kept
+    metrics.log_weight_chunk(model, torch.zeros(13, 3))  # another input shape: measured again
+    assert len(model.calls) == probes + 2
 
 
 @pytest.mark.parametrize("k, chunk, passes", [(1000, 1600, (1, 1000)), (50, 7, (1, 7)), (5, 100, (13, 5)), (5, 12, (2, 5))])
