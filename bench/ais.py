@@ -55,7 +55,6 @@ from variants.base import VAE, flat
 
 STEP_MIN, STEP_MAX = 1e-4, 0.5
 JITTER = 0.5
-DEFAULT_CHUNK = 2**16  # latent draws (chains x examples) per decoder pass
 
 
 def unsupported(model: nn.Module) -> str | None:
@@ -149,6 +148,22 @@ def anneal(
     return log_w[:counted], torch.stack(trace) if trace else empty
 
 
+def draws_per_pass(model: nn.Module, x: Tensor, chunk: int = 0) -> int:
+    """Latent draws (chains x examples) per decoder pass: ``chunk`` if it is positive, else sized
+    for the device by what one draw of an HMC energy evaluation (a decoder pass and its gradient)
+    allocates (``bench.metrics.sized_chunk``, probed on up to 4 examples of ``x``)."""
+    if chunk > 0:
+        return chunk
+    from bench.metrics import sized_chunk
+
+    b = min(4, x.shape[0])
+
+    def energy(n: int) -> None:
+        _energy(model, x[:b], model.sample_prior(n * b).reshape(n, b, -1), 0.5)
+
+    return sized_chunk(energy, b, x.device, model, ("ais", b, tuple(x.shape[1:]), x.dtype, str(x.device)))
+
+
 def _batches(x: Tensor, chains: int, chunk: int):
     """``(start, x[start : start + b])`` with ``chains x b <= chunk`` (at least one example)."""
     b = max(1, chunk // chains)
@@ -180,14 +195,15 @@ class Settings:
 
 
 @torch.no_grad()
-def forward_chains(model: nn.Module, x: Tensor, s: Settings = Settings(), chunk: int = DEFAULT_CHUNK
+def forward_chains(model: nn.Module, x: Tensor, s: Settings = Settings(), chunk: int = 0
                    ) -> tuple[Tensor, Tensor]:
     """Forward AIS on ``x [B, D]`` with the model already in eval mode: ``(log w [n_chains, B]`` of
     every counted chain, ``step sizes [n_steps - 1, B])``. ``logmeanexp`` over the chains is the
-    estimate; their spread is its Monte Carlo error."""
+    estimate; their spread is its Monte Carlo error. ``chunk``: :func:`draws_per_pass`."""
     reason = unsupported(model)
     if reason:
         raise NotImplementedError(reason)
+    chunk = draws_per_pass(model, x, chunk)
     betas = sigmoid_schedule(s.n_steps, device=x.device)
     out, traces = [], []
     c = s.n_chains + s.pilot_chains
@@ -203,13 +219,14 @@ def forward_chains(model: nn.Module, x: Tensor, s: Settings = Settings(), chunk:
 
 @torch.no_grad()
 def ais_log_likelihood(
-    model: nn.Module, x: Tensor, n_chains: int = 16, n_steps: int = 500, *, chunk: int = DEFAULT_CHUNK, **options
+    model: nn.Module, x: Tensor, n_chains: int = 16, n_steps: int = 500, *, chunk: int = 0, **options
 ) -> Tensor:
     """``log p(x)`` by forward AIS from the prior, ``[B]`` (see the module docstring): ``n_chains``
     chains per example, ``n_steps`` intermediate distributions on the sigmoid schedule, HMC with
     the other :class:`Settings` as ``options`` (``leapfrog=10``, ``step_size=0.05``,
     ``target_accept=0.65``, ``pilot_chains=4``). A stochastic lower bound. At most ``chunk`` latent
-    draws (``(n_chains + pilot_chains) x examples``) per decoder pass. Cost: about ``n_steps
+    draws (``(n_chains + pilot_chains) x examples``) per decoder pass (``0``: sized for the device,
+    :func:`draws_per_pass`). Cost: about ``n_steps
     (leapfrog + 2)`` decoder passes, forward and backward, per chunk. Eval mode; raises
     ``NotImplementedError`` with :func:`unsupported`'s reason on a variant it does not apply to."""
     from bench.metrics import evaluating
@@ -227,7 +244,7 @@ def bdmc(
     *,
     n_chains: int = 16,
     n_steps: int = 500,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int = 0,
     data: tuple[Tensor, Tensor] | None = None,
     **options,
 ) -> tuple[Tensor, Tensor]:
@@ -252,6 +269,7 @@ def bdmc(
             z_star, x = data[0], flat(data[1])
             if len(z_star) != n or len(x) != n:
                 raise ValueError(f"bdmc: data must hold n = {n} points, got {len(z_star)} and {len(x)}")
+        chunk = draws_per_pass(model, x, chunk)
         log_w, trace = forward_chains(model, x, settings, chunk)
         lower = _log_mean_exp(log_w)
         betas = sigmoid_schedule(n_steps, device=x.device).flip(0)

@@ -54,6 +54,19 @@ class RunConfig:
     """One child run. Metric conventions: nats per example, higher is better.
 
     ``objective = ""`` and ``k = 0`` mean the variant's default objective and k.
+
+    ``eval_chunk``: how many log-weights one pass of the evaluations (``test/log_px``, the
+    validation ELBO, the gaps; latent draws for AIS and BDMC) holds. ``0`` sizes it for the device
+    (``bench.metrics.pass_bytes``: about 32 MiB of tensors a pass on CPU; on CUDA a quarter of the
+    free memory shared among the runs on the GPU, at most 4 GiB); a positive value is used as given.
+
+    ``step_mode``: how each training step (forward, backward, Adam) runs. ``"eager"`` (default):
+    plain PyTorch. ``"compile"``: the objective's forward and backward compiled by ``torch.compile``
+    (inductor; on CPU it needs a C++ compiler), eager's random streams kept, so the numbers equal
+    eager's up to float rounding. ``"cuda-graph"`` (CUDA only): the whole step captured once per
+    batch shape in a CUDA graph after 3 eager warm-up steps and replayed (one launch instead of
+    about a hundred), Adam ``capturable``. Both refuse objectives with parameters of their own
+    (NVIL, REBAR, RELAX: eager only). See ``bench.train.make_step``.
     """
 
     variant: str = "vanilla"
@@ -70,6 +83,7 @@ class RunConfig:
     lr_schedule: str = "constant"  # constant | burda (bench.schedules.LR_SCHEDULES)
     adam_eps: float = 1e-8  # Adam's epsilon (torch's default; Burda et al. 2016 use 1e-4)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    step_mode: str = "eager"  # eager | compile (torch.compile) | cuda-graph (CUDA only): how the training step runs
     threads: int = 0  # torch CPU threads; 0 = leave torch's default (recorded either way)
     binarization: str = "dynamic"  # dynamic | static | none (continuous, Gaussian likelihood)
     train_size: int = 0  # 0 = the whole training split (a prefix otherwise: reduced suites)
@@ -78,7 +92,7 @@ class RunConfig:
     test_size: int = 0  # 0 = the whole test split
     val_k: int = 5  # samples per example for the per-epoch validation ELBO
     eval_k: int = 1000  # samples per example for the test log-likelihood (5000 in the papers)
-    eval_chunk: int = 2**20  # log-weights evaluated at once (bounds memory)
+    eval_chunk: int = 0  # log-weights (AIS: latent draws) per evaluation pass; 0 = sized for the device
     gap_epochs: list[int] = field(default_factory=list)  # gaps after these epochs; final always
     gap_size: int = 100  # fixed test subset for the gaps
     gap_steps: int = 1000  # step budget of the local (per-datapoint) optimization
@@ -416,14 +430,23 @@ def _validate(cfg: RunConfig, where: str) -> None:
         "activation": tuple(ACTIVATIONS),
         "lr_schedule": tuple(LR_SCHEDULES),
         "gap_log_px": ("iwae", "max-iwae-ais"),
+        "step_mode": ("eager", "compile", "cuda-graph"),
     }
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
             raise ConfigError(f"{where}: {key} must be one of {', '.join(valid)}, got {getattr(cfg, key)!r}")
-    positive = ("epochs", "batch_size", "k", "latent_dim", "val_k", "eval_k", "eval_chunk", "gap_size", "grad_draws", "grad_batch")
+    positive = ("epochs", "batch_size", "k", "latent_dim", "val_k", "eval_k", "gap_size", "grad_draws", "grad_batch")
     for key in (*positive, "ais_chains", "ais_steps"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{where}: {key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.eval_chunk < 0:
+        raise ConfigError(f"{where}: eval_chunk must be >= 0 (0 = sized for the device), got {cfg.eval_chunk}")
+    if cfg.step_mode != "eager":
+        from bench.train import step_mode_unsupported
+
+        why = step_mode_unsupported(cfg)
+        if why:
+            raise ConfigError(f"{where}: {cfg.run_name}: {why}")
     for key in ("ais_size", "bdmc_size"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{where}: {key} must be >= 0, got {getattr(cfg, key)}")

@@ -90,13 +90,21 @@ def _die_with(driver: int) -> None:
         os._exit(1)
 
 
-def _serve(conn, parent: int, gpu: str | None) -> None:
+def pin_gpu(gpu: str | None, runs_per_gpu: int) -> None:
+    """A worker's GPU: ``CUDA_VISIBLE_DEVICES`` (before CUDA is initialized, lazily, in the process)
+    and ``VAEBENCH_RUNS_PER_GPU``, the number of runs sharing it, by which an evaluation sizes its
+    share of the GPU's memory (``bench.metrics.pass_bytes``)."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        os.environ["VAEBENCH_RUNS_PER_GPU"] = str(runs_per_gpu)
+
+
+def _serve(conn, parent: int, gpu: str | None, runs_per_gpu: int = 1) -> None:
     """A worker process: execute jobs from ``conn`` until None; progress and outcomes back."""
     _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the driver, which stops us
     signal.signal(signal.SIGTERM, worker.request_stop)  # ... with SIGTERM: the run stops after its epoch, KILLED
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before CUDA is initialized (lazily) in here
+    pin_gpu(gpu, runs_per_gpu)
     while True:
         try:
             job = conn.recv()
@@ -158,12 +166,13 @@ class LocalProcesses:
     def __init__(self, jobs: int, on_progress, gpus: list[str] | None = None, runs_per_gpu: int = 1) -> None:
         self.capacity = jobs
         self.on_progress = on_progress
+        self.runs_per_gpu = runs_per_gpu
         self.slots = [_Slot(gpu_of_slot(i, gpus, runs_per_gpu)) for i in range(jobs)]
         self.ctx = start_fork_server()
 
     def _start(self, slot: _Slot) -> None:
         mine, theirs = self.ctx.Pipe()
-        slot.proc = self.ctx.Process(target=_serve, args=(theirs, os.getpid(), slot.gpu), daemon=True)
+        slot.proc = self.ctx.Process(target=_serve, args=(theirs, os.getpid(), slot.gpu, self.runs_per_gpu), daemon=True)
         slot.proc.start()
         theirs.close()
         slot.conn = mine
@@ -245,6 +254,11 @@ class LocalProcesses:
 
 # -- Ray ---------------------------------------------------------------------------------------
 def _ray_execute(job: Job) -> Outcome:
+    import ray
+
+    gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
+    if 0 < gpus < 1:  # a fractional GPU (--runs-per-gpu): the runs sharing it, for the evaluations' memory
+        os.environ["VAEBENCH_RUNS_PER_GPU"] = str(round(1 / gpus))
     return worker.execute(job)
 
 

@@ -1,24 +1,48 @@
-"""Micro-benchmarks (pytest-benchmark), deselected from the default run: ``nox -s perf``, i.e.
-``pytest -m perf --benchmark-only``. For every registered variant, on digits-sized inputs
-(64 dimensions, batch 128): the training step the loop uses (``bench.train.train_step`` with the
-variant's default objective and k) and the log-likelihood evaluation (``bench.metrics.log_likelihood``).
+"""Benchmarks, deselected from the default run: ``nox -s perf``, i.e. ``pytest -m perf``.
 
-On CUDA every timed call ends with ``torch.cuda.synchronize`` (kernels are asynchronous: without
-it the timer measures the launch). On CPU the torch thread count is set explicitly (environment
-``PERF_THREADS``, default 1: on shared cores multi-threaded eager torch slows down many times over
-when another process is busy). The device and the thread count are recorded in
-``benchmark.extra_info`` together with the examples per second.
+1. **Side by side with hand-written PyTorch** (what a researcher would write for the same model:
+   encoder 784-512-512-64, decoder 32-512-512-784, ReLU, Bernoulli likelihood, batch 128, Adam
+   1e-3 with torch's defaults, dynamically binarized Fashion-MNIST, 2 threads on CPU):
+
+   * the training step: the loop body of ``bench.train.run`` (``make_optimizer``, ``make_step``,
+     the model's step hook, the KL warm-up weight, the batch gather) with ``vanilla`` and the
+     ``elbo`` objective, against :class:`Reference` (reparameterized sample, closed-form KL,
+     ``binary_cross_entropy_with_logits``, ``torch.optim.Adam(params, lr=1e-3)``), blocks of
+     150 steps; beside it, for information, the same reference with fused Adam;
+   * ``log p(x)`` with k = 1000 on 1,000 test images: ``bench.metrics.log_likelihood`` with its
+     defaults against :func:`reference_log_px` (10 images x k per decoder call).
+
+   Each pair times the harness and the reference back to back, alternating which goes first, so
+   that slow drifts of a shared machine cancel; the ratio harness / reference is printed as the
+   median over the pairs with its spread (min, max), with the load average. Targets (asserted):
+   training >= 1.0x, ``log p(x)`` >= 1.0x and, on CPU, >= 2x pythae's ``get_nll`` on this machine
+   type (48-55 images/s, so >= 110 images/s). Timing: ``bench.metrics.time_step`` (CUDA events
+   after a synchronize on a GPU, ``perf_counter`` on CPU).
+
+2. **Micro-benchmarks** (pytest-benchmark) of every registered variant on digits-sized inputs
+   (64 dimensions, batch 128): its training step (``bench.train.train_step`` with its default
+   objective and k) and ``bench.metrics.log_likelihood``. CPU threads: ``PERF_THREADS`` (default 1:
+   on shared cores multi-threaded eager torch slows down many times over when another process is
+   busy). Device and threads go to ``benchmark.extra_info`` with the examples per second.
+
+The side-by-side thread count is ``PERF_PAIR_THREADS`` (default 2, the figures' setting).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import statistics
 
 import pytest
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 import variants
-from bench import metrics, objectives
+from bench import data, metrics, objectives, train
+from bench.config import RunConfig
+from bench.errors import DatasetUnavailable
 from bench.train import train_step
 
 pytestmark = pytest.mark.perf
@@ -28,20 +52,186 @@ D, BATCH, EVAL_B, EVAL_K = 64, 128, 128, 100
 
 
 @pytest.fixture(autouse=True)
-def _threads():
+def _threads(request):
     n = torch.get_num_threads()
     if DEVICE.type == "cpu":
-        torch.set_num_threads(int(os.environ.get("PERF_THREADS", "1")))
+        pair = request.node.name.startswith("test_side_by_side")
+        torch.set_num_threads(int(os.environ.get("PERF_PAIR_THREADS" if pair else "PERF_THREADS", "2" if pair else "1")))
     yield
     torch.set_num_threads(n)
 
 
+# -- 1. side by side with hand-written PyTorch ---------------------------------------------------------
+HIDDEN, LATENT, FM_BATCH, LR = (512, 512), 32, 128, 1e-3
+TRAIN_STEPS, TRAIN_PAIRS = 150, 7
+LOGPX_IMAGES, LOGPX_K, LOGPX_PAIRS, IMAGES_PER_CALL = 1000, 1000, 5, 10
+PYTHAE_IMAGES_PER_S = 55.0  # pythae's get_nll, k = 1000, the best of 48-55 measured on this machine type
+
+
+class Reference(nn.Module):
+    """The VAE as one writes it by hand: ``-ELBO`` per batch with a reparameterized sample, the
+    closed-form Gaussian KL and ``binary_cross_entropy_with_logits``."""
+
+    def __init__(self, x_dim: int = 784) -> None:
+        super().__init__()
+        h1, h2 = HIDDEN
+        self.enc = nn.Sequential(nn.Linear(x_dim, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 2 * LATENT))
+        self.dec = nn.Sequential(nn.Linear(LATENT, h2), nn.ReLU(), nn.Linear(h2, h1), nn.ReLU(), nn.Linear(h1, x_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu, log_sigma = self.enc(x).chunk(2, -1)
+        z = mu + log_sigma.exp() * torch.randn_like(mu)
+        rec = F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="none").sum(-1)
+        kl = 0.5 * (mu.pow(2) + (2 * log_sigma).exp() - 1 - 2 * log_sigma).sum(-1)
+        return (rec + kl).mean()
+
+
+@torch.no_grad()
+def reference_log_px(model: Reference, x: torch.Tensor, k: int, per_call: int = IMAGES_PER_CALL) -> torch.Tensor:
+    """The IWAE estimate of ``log p(x)`` as one writes it by hand: ``per_call`` images x ``k``
+    samples per decoder call, ``log w = log p(x | z) + log N(z; 0, I) - log N(z; mu, sigma)``."""
+    out, c = [], 0.5 * math.log(2 * math.pi)
+    for i in range(0, len(x), per_call):
+        xb = x[i : i + per_call]
+        mu, log_sigma = model.enc(xb).chunk(2, -1)
+        eps = torch.randn(k, *mu.shape, device=x.device)
+        z = mu + log_sigma.exp() * eps
+        logits = model.dec(z)
+        log_px_z = -F.binary_cross_entropy_with_logits(logits, xb.expand_as(logits), reduction="none").sum(-1)
+        log_pz = (-0.5 * z.pow(2) - c).sum(-1)
+        log_qz = (-0.5 * eps.pow(2) - log_sigma - c).sum(-1)
+        out.append(torch.logsumexp(log_px_z + log_pz - log_qz, 0) - math.log(k))
+    return torch.cat(out)
+
+
+def _load() -> str:
+    return "load average {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
+
+
+def _pairs(first, second, n: int, *more) -> list[list[float]]:
+    """Seconds of ``first()``, ``second()`` (and ``more``) in ``n`` rounds, the order alternating
+    between rounds (``bench.metrics.time_step``, one call each, after one untimed call)."""
+    fns = [first, second, *more]
+    for fn in fns:
+        fn()
+    times = [[0.0] * n for _ in fns]
+    for r in range(n):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for j in order:
+            times[j][r] = metrics.time_step(fns[j], n_warmup=0, n_iters=1, device=DEVICE)
+    return times
+
+
+def _ratio(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    """Throughput ratio per pair (``den`` seconds over ``num`` seconds): (median, min, max)."""
+    r = [d / t for t, d in zip(num, den)]
+    return statistics.median(r), min(r), max(r)
+
+
+def _say(capsys, line: str) -> None:
+    with capsys.disabled():
+        print(f"\n{line}", flush=True)
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    try:
+        ds = data.load("fashion-mnist", device=str(DEVICE))
+    except DatasetUnavailable as e:
+        pytest.skip(f"Fashion-MNIST is not available here ({e})")
+    return ds
+
+
+def test_side_by_side_training_step(fashion, capsys):
+    torch.manual_seed(0)
+    cfg = RunConfig(variant="vanilla", objective="elbo", k=1, latent_dim=LATENT, hidden=list(HIDDEN), activation="relu",
+                    batch_size=FM_BATCH, lr=LR)
+    model = train.build_model(cfg, fashion).to(DEVICE).train()
+    objective = objectives.build("elbo")
+    optimizer = train.make_optimizer(model.parameters(), cfg, DEVICE)
+    step_fn = train.make_step(cfg, model, objective, optimizer, None, DEVICE)
+    ref = Reference().to(DEVICE)
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=LR)
+    ref_fused = Reference().to(DEVICE)
+    fused_opt = torch.optim.Adam(ref_fused.parameters(), lr=LR, fused=True)
+
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    x_epoch = fashion.train_epoch(gen)
+    perm = torch.randperm(len(x_epoch), device=DEVICE, generator=gen)
+    n_per_epoch = math.ceil(len(x_epoch) / FM_BATCH)
+    state = {"step": 0}
+
+    def harness():  # the loop body of bench.train.run
+        total = torch.zeros((), device=DEVICE)
+        for i in range(TRAIN_STEPS):
+            model.on_train_step(state["step"])
+            beta = train.kl_weight(cfg, state["step"], n_per_epoch)
+            total += step_fn(x_epoch[perm[i * FM_BATCH : (i + 1) * FM_BATCH]], beta)
+            state["step"] += 1
+        return total
+
+    def by_hand(net, opt):
+        def block():
+            total = torch.zeros((), device=DEVICE)
+            for i in range(TRAIN_STEPS):
+                xb = x_epoch[perm[i * FM_BATCH : (i + 1) * FM_BATCH]]
+                opt.zero_grad(set_to_none=True)
+                loss = net(xb)
+                loss.backward()
+                opt.step()
+                total += loss.detach()
+            return total
+        return block
+
+    h, r, rf = _pairs(harness, by_hand(ref, ref_opt), TRAIN_PAIRS, by_hand(ref_fused, fused_opt))
+    med, lo, hi = _ratio(h, r)
+    fmed, flo, fhi = _ratio(h, rf)
+    ex = TRAIN_STEPS * FM_BATCH
+    _say(capsys, f"training step ({DEVICE}, {torch.get_num_threads()} threads): harness {ex / statistics.median(h):,.0f} "
+                 f"ex/s, reference {ex / statistics.median(r):,.0f} ex/s; harness / reference {med:.3f} "
+                 f"(min {lo:.3f}, max {hi:.3f}) over {TRAIN_PAIRS} alternating pairs of {TRAIN_STEPS} steps; "
+                 f"against the reference with fused Adam {fmed:.3f} (min {flo:.3f}, max {fhi:.3f}); {_load()}")
+    assert med >= 1.0, f"the harness's training step is slower than hand-written PyTorch: {med:.3f}x ({_load()})"
+
+
+def test_side_by_side_log_likelihood(fashion, capsys):
+    torch.manual_seed(0)
+    model = variants.build("vanilla", x_shape=fashion.x_shape, latent_dim=LATENT, hidden=HIDDEN, activation="relu").to(DEVICE)
+    ref = Reference().to(DEVICE)
+    ref.load_state_dict({"enc." + k[len("encoder."):] if k.startswith("encoder.") else "dec." + k[len("decoder.net."):]: v
+                         for k, v in model.state_dict().items()})
+    x = torch.bernoulli(fashion.test[:LOGPX_IMAGES], generator=torch.Generator(device=DEVICE).manual_seed(0))
+    chunk = metrics.log_weight_chunk(model.eval(), x)
+    out = {}
+
+    def harness():
+        out["harness"] = metrics.log_likelihood(model, x, k=LOGPX_K)
+
+    def by_hand():
+        out["reference"] = reference_log_px(ref.eval(), x, LOGPX_K)
+
+    h, r = _pairs(harness, by_hand, LOGPX_PAIRS)
+    med, lo, hi = _ratio(h, r)
+    ips = len(x) / statistics.median(h)
+    _say(capsys, f"log p(x), k = {LOGPX_K} on {len(x)} images ({DEVICE}, {torch.get_num_threads()} threads): harness "
+                 f"{ips:,.1f} images/s ({chunk} log-weights a pass), reference {len(x) / statistics.median(r):,.1f} "
+                 f"images/s ({IMAGES_PER_CALL} images x k a call); harness / reference {med:.3f} (min {lo:.3f}, max "
+                 f"{hi:.3f}) over {LOGPX_PAIRS} alternating pairs; {ips / PYTHAE_IMAGES_PER_S:.2f}x pythae's "
+                 f"{PYTHAE_IMAGES_PER_S:.0f} images/s; {_load()}")
+    # the same model and the same estimator: the two estimates agree up to Monte Carlo noise
+    assert abs((out["harness"] - out["reference"]).mean().item()) < 1.0
+    assert med >= 1.0, f"log p(x) is slower than the hand-written loop: {med:.3f}x ({_load()})"
+    if DEVICE.type == "cpu":
+        assert ips >= 2 * PYTHAE_IMAGES_PER_S, f"{ips:.1f} images/s, under 2x pythae's {PYTHAE_IMAGES_PER_S} ({_load()})"
+
+
+# -- 2. micro-benchmarks of every variant -------------------------------------------------------------------
 def build(name: str) -> torch.nn.Module:
     options = {"likelihood": "gaussian"} if name == "linear-gaussian" else {}
     return variants.build(name, x_shape=(D,), **options).to(DEVICE)
 
 
-def data(model, n: int) -> torch.Tensor:
+def digits_like(model, n: int) -> torch.Tensor:
     """Binary inputs for Bernoulli likelihoods, standard normal ones for Gaussian."""
     g = torch.Generator(device=DEVICE).manual_seed(0)
     if model.likelihood == "bernoulli":
@@ -77,11 +267,12 @@ def test_train_step(benchmark, name):
     torch.manual_seed(0)
     model = build(name).train()
     objective = objectives.build(model.default_objective)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = data(model, BATCH)
+    optimizer = train.make_optimizer(model.parameters(), RunConfig(), DEVICE)
+    own = objective.to(DEVICE).optimizer(1e-3) if isinstance(objective, nn.Module) else None
+    x = digits_like(model, BATCH)
     record(benchmark, BATCH)
     bound = benchmark.pedantic(
-        synchronized(lambda: train_step(model, objective, optimizer, x, model.default_k)),
+        synchronized(lambda: train_step(model, objective, optimizer, x, model.default_k, own)),
         rounds=20, iterations=1, warmup_rounds=3,
     )
     assert torch.isfinite(bound)
@@ -92,7 +283,7 @@ def test_train_step(benchmark, name):
 def test_log_likelihood(benchmark, name):
     torch.manual_seed(0)
     model = build(name)
-    x = data(model, EVAL_B)
+    x = digits_like(model, EVAL_B)
     record(benchmark, EVAL_B)
     benchmark.extra_info["k"] = EVAL_K
     ll = benchmark.pedantic(

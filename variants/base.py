@@ -37,13 +37,57 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal, TransformedDistribution, kl_divergence
+from torch.distributions import Distribution, Independent, Normal, TransformedDistribution
 from torch.func import functional_call
 
 from variants.nets import mlp
 from variants.registry import VariantConfigError
 
 MODES = ("reparam", "stop-q", "score", "relaxed", "straight-through")
+
+
+class Lazy:
+    """A term computed when it is first read: ``Lazy(fn, *args)`` stands for ``fn(*args)``,
+    evaluated in the autograd mode (grad enabled or not) in force when the ``Lazy`` was made.
+
+    A variant hands :class:`LogWeightTerms` the terms an objective may not need this way (the
+    ELBO with a closed-form KL reads neither ``log p(z)`` nor ``log q(z | x)``; an evaluation of
+    ``log w`` never reads the KL), so that no work is done for a value nobody reads."""
+
+    __slots__ = ("fn", "args", "grad")
+
+    def __init__(self, fn, *args) -> None:
+        self.fn, self.args, self.grad = fn, args, torch.is_grad_enabled()
+
+    def __call__(self):
+        with torch.set_grad_enabled(self.grad):
+            return self.fn(*self.args)
+
+
+class _Deferred:
+    """A :class:`LogWeightTerms` field that may be given as a :class:`Lazy`: evaluated on the
+    first read and stored in its place. Reading a field always gives the value (or ``None``)."""
+
+    _MISSING = object()
+
+    def __init__(self, default=_MISSING) -> None:
+        self.default = default
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:  # the class: a dataclass asks for the field's default
+            if self.default is _Deferred._MISSING:
+                raise AttributeError(self.name)
+            return self.default
+        value = obj.__dict__[self.name]
+        if isinstance(value, Lazy):
+            value = obj.__dict__[self.name] = value()
+        return value
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__[self.name] = value
 
 
 @dataclass
@@ -53,12 +97,13 @@ class LogWeightTerms:
     ``kl`` is the closed-form ``KL(q(z | x) || p(z))`` per example (``[B]``) where it exists
     for the drawn family, else ``None``; the ELBO objective uses it to lower the variance.
     ``log_pz`` is the prior over all latent levels (``log p(z2) + log p(z1 | z2)`` for two).
+    ``log_pz``, ``log_qz`` and ``kl`` may be constructed from a :class:`Lazy` (computed if read).
     """
 
     log_px_z: Tensor
-    log_pz: Tensor
-    log_qz: Tensor
-    kl: Tensor | None = None
+    log_pz: Tensor = _Deferred()
+    log_qz: Tensor = _Deferred()
+    kl: Tensor | None = _Deferred(default=None)
 
     @property
     def log_w(self) -> Tensor:
@@ -178,7 +223,7 @@ class VAE(nn.Module):
     def standard_normal(self, dim: int) -> Independent:
         """``N(0, I_dim)`` on the model's device and dtype, event shape ``[dim]`` (a prior)."""
         z = self._zero.expand(dim)
-        return Independent(Normal(z, torch.ones_like(z)), 1)
+        return Independent(Normal(z, torch.ones_like(z), validate_args=False), 1, validate_args=False)
 
     def check_mode(self, mode: str) -> None:
         if mode not in self.modes:
@@ -204,12 +249,25 @@ class Decoder(nn.Module):
         if likelihood == "gaussian":
             self.log_scale = nn.Parameter(torch.zeros(x_dim))
 
+    def scale(self) -> Tensor:
+        """The Gaussian's per-dimension scale ``min_scale + softplus(log_scale + 0.5413)`` (1 at 0), ``[D]``."""
+        return self.min_scale + nn.functional.softplus(self.log_scale + 0.5413)
+
     def forward(self, z: Tensor) -> Distribution:
         out = self.net(z)
         if self.likelihood == "bernoulli":
-            return Independent(BernoulliLogits(out), 1)
-        scale = self.min_scale + nn.functional.softplus(self.log_scale + 0.5413)  # softplus(.)=1 at 0
-        return Independent(Normal(out, scale.expand_as(out)), 1)
+            return Independent(BernoulliLogits(out), 1, validate_args=False)
+        scale = self.scale()
+        return Independent(Normal(out, scale.expand_as(out), validate_args=False), 1, validate_args=False)
+
+    def log_prob(self, z: Tensor, x: Tensor) -> Tensor:
+        """``log p(x | z)`` summed over the ``D`` dimensions, ``z [..., d]``, ``x [B, D]`` -> ``[...]``:
+        the number ``self(z).log_prob(x)`` gives, computed directly (no distribution objects)."""
+        out = self.net(z)
+        if self.likelihood == "bernoulli":
+            return bernoulli_logits_log_prob(out, x).sum(-1)
+        scale = self.scale()
+        return normal_log_prob(x, out, scale.log()).sum(-1)
 
     def mean(self, z: Tensor) -> Tensor:
         out = self.net(z)
@@ -249,7 +307,52 @@ class BernoulliLogits(torch.distributions.Bernoulli):
         super().__init__(logits=logits, validate_args=False)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        return value * self.logits - nn.functional.softplus(self.logits)
+        return bernoulli_logits_log_prob(self.logits, value)
+
+
+def bernoulli_logits_log_prob(logits: Tensor, x: Tensor) -> Tensor:
+    """``x * logits - softplus(logits)`` elementwise (``log Bernoulli(x; sigmoid(logits))`` for binary
+    ``x``, the negative binary cross-entropy for intensities in [0, 1]); broadcast."""
+    return x * logits - nn.functional.softplus(logits)
+
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def normal_log_prob(x: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
+    """``log N(x; loc, exp(log_scale)^2)`` elementwise (broadcast), as ``torch.distributions.Normal``
+    computes it: ``-(x - loc)^2 / (2 sigma^2) - log sigma - log sqrt(2 pi)``."""
+    return -((x - loc) ** 2) / (2 * (2 * log_scale).exp()) - log_scale - LOG_SQRT_2PI
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """``log N(z; 0, I)`` summed over the last axis: ``[..., d] -> [...]``."""
+    return (-0.5 * z**2 - LOG_SQRT_2PI).sum(-1)
+
+
+def diag_gaussian_log_prob(z: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
+    """``log N(z; mu, diag sigma^2)`` summed over the last axis (``mu``, ``log_sigma`` broadcast against ``z``)."""
+    return normal_log_prob(z, mu, log_sigma).sum(-1)
+
+
+def kl_to_standard_normal(mu: Tensor, log_sigma: Tensor) -> Tensor:
+    """``KL(N(mu, diag sigma^2) || N(0, I)) = 1/2 sum_i (sigma_i^2 + mu_i^2 - 1 - 2 log sigma_i)``: ``[..., d] -> [...]``."""
+    return 0.5 * ((2 * log_sigma).exp() + mu**2 - 1 - 2 * log_sigma).sum(-1)
+
+
+def diag_gaussian_rsample(mu: Tensor, log_sigma: Tensor, k: int) -> Tensor:
+    """``k`` reparameterized draws ``mu + sigma * eps``, ``eps ~ N(0, I)``: ``[B, d] -> [k, B, d]``.
+    The same numbers, from the same generator calls, as ``diag_gaussian(lam).rsample((k,))``."""
+    eps = torch.empty((k, *mu.shape), dtype=mu.dtype, device=mu.device).normal_()
+    return mu + eps * log_sigma.exp()
+
+
+def one_hot(index: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """``F.one_hot(index, n).to(dtype)`` without its range check, which reads the indices' min and
+    max back to the host (a device sync on every call): ``[...] -> [..., n]``. ``index`` must
+    hold values in ``[0, n)`` (an ``argmax`` over ``n`` entries does)."""
+    out = torch.zeros((*index.shape, n), dtype=dtype, device=index.device)
+    return out.scatter_(-1, index.unsqueeze(-1), 1)
 
 
 def detached_call(module: nn.Module, *args: Tensor) -> Tensor:
@@ -271,7 +374,7 @@ def draw(q: Distribution, k: tuple[int, ...], mode: str) -> Tensor:
 def diag_gaussian(params: Tensor) -> Independent:
     """``params = [mu, log_sigma]`` (``[..., 2d]``) -> ``N(mu, diag(sigma^2))`` with event ``[d]``."""
     mu, log_sigma = params.chunk(2, dim=-1)
-    return Independent(Normal(mu, log_sigma.exp()), 1)
+    return Independent(Normal(mu, log_sigma.exp(), validate_args=False), 1, validate_args=False)
 
 
 class GaussianLatentVAE(VAE):
@@ -304,18 +407,22 @@ class GaussianLatentVAE(VAE):
         return self.prior().log_prob(z)
 
     def terms(self, x, k=1, *, params=None, mode="reparam") -> LogWeightTerms:
+        """``z = mu + sigma eps`` (detached in ``"score"``), ``log q`` at ``lambda`` (detached in
+        ``"stop-q"``), the closed-form KL in ``"reparam"``; computed directly, and ``log p(z)``,
+        ``log q(z | x)`` and the KL only when read (:class:`Lazy`)."""
         self.check_mode(mode)
         x = flat(x)
         lam = self.variational_params(x) if params is None else params
-        q = diag_gaussian(lam)
-        z = q.sample((k,)) if mode == "score" else q.rsample((k,))  # [k, B, d]
-        log_qz = (diag_gaussian(lam.detach()) if mode == "stop-q" else q).log_prob(z)
-        prior = self.prior()
+        mu, log_sigma = lam.chunk(2, dim=-1)
+        z = diag_gaussian_rsample(mu, log_sigma, k)  # [k, B, d]
+        if mode == "score":
+            z = z.detach()
+        q_mu, q_log_sigma = (mu.detach(), log_sigma.detach()) if mode == "stop-q" else (mu, log_sigma)
         return LogWeightTerms(
-            log_px_z=self.decoder(z).log_prob(x),
-            log_pz=prior.log_prob(z),
-            log_qz=log_qz,
-            kl=kl_divergence(q, prior) if mode == "reparam" else None,
+            log_px_z=self.decoder.log_prob(z, x),
+            log_pz=Lazy(standard_normal_log_prob, z),
+            log_qz=Lazy(diag_gaussian_log_prob, z, q_mu, q_log_sigma),
+            kl=Lazy(kl_to_standard_normal, mu, log_sigma) if mode == "reparam" else None,
         )
 
     @torch.no_grad()
@@ -367,11 +474,11 @@ class FlowVAE(GaussianLatentVAE):
         self.check_mode(mode)
         x = flat(x)
         lam = self.variational_params(x) if params is None else params
-        q0 = diag_gaussian(self.base_params(lam))
-        z0 = q0.rsample((k,))  # [k, B, d]
+        mu, log_sigma = self.base_params(lam).chunk(2, dim=-1)
+        z0 = diag_gaussian_rsample(mu, log_sigma, k)  # [k, B, d]
         z, log_det = self.transform(z0, lam)
         return LogWeightTerms(
-            log_px_z=self.decoder(z).log_prob(x),
-            log_pz=self.prior().log_prob(z),
-            log_qz=q0.log_prob(z0) - log_det,
+            log_px_z=self.decoder.log_prob(z, x),
+            log_pz=standard_normal_log_prob(z),
+            log_qz=diag_gaussian_log_prob(z0, mu, log_sigma) - log_det,
         )

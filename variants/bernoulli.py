@@ -134,7 +134,7 @@ class BernoulliVAE(AnnealedTemperature, VAE):
             log_px_z = detached_call(self.decoder, b).log_prob(x)
             prior_logits = self.prior_logits.detach()
         else:
-            log_px_z = self.decoder(b).log_prob(x)
+            log_px_z = self.decoder.log_prob(b, x)
             prior_logits = self.prior_logits
         return CategoricalTerms(
             log_px_z=log_px_z,
@@ -152,7 +152,7 @@ class BernoulliVAE(AnnealedTemperature, VAE):
         hard = (pre > 0).to(lam.dtype).detach()
         relaxed = torch.sigmoid(pre / self.tau)
         z = {"score": hard, "relaxed": relaxed, "straight-through": hard + relaxed - relaxed.detach()}[mode]
-        log_px_z = self.decoder(z).log_prob(x)
+        log_px_z = self.decoder.log_prob(z, x)
         t = CategoricalTerms(
             log_px_z=log_px_z,
             log_pz=bernoulli_log_prob(hard, self.prior_logits),
@@ -162,7 +162,7 @@ class BernoulliVAE(AnnealedTemperature, VAE):
         )
         if mode == "relaxed":
             with torch.no_grad():
-                t.log_px_z_hard = self.decoder(hard).log_prob(x)
+                t.log_px_z_hard = self.decoder.log_prob(hard, x)
             s = pre / self.tau
             t.log_qz_relaxed = logistic_log_prob(s, lam, self.tau)
             t.log_pz_relaxed = logistic_log_prob(s, self.prior_logits, self.prior_tau or self.tau)

@@ -53,7 +53,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, OneHotCategorical
 from torch.nn import functional as F
 
-from variants.base import VAE, Decoder, LogWeightTerms, flat
+from variants.base import VAE, Decoder, LogWeightTerms, flat, one_hot
 from variants.nets import mlp
 from variants.registry import VariantConfigError, register
 
@@ -122,7 +122,7 @@ def gumbel_softmax_sample(
     g = gumbel_noise(shape, log_p) if noise is None else noise
     perturbed = log_p + g
     relaxed = torch.softmax(perturbed / tau, -1)
-    hard = F.one_hot(perturbed.detach().argmax(-1), log_p.shape[-1]).to(log_p.dtype)
+    hard = one_hot(perturbed.detach().argmax(-1), log_p.shape[-1], log_p.dtype)
     return hard, relaxed, hard + relaxed - relaxed.detach()
 
 
@@ -198,11 +198,11 @@ class GumbelSoftmaxVAE(AnnealedTemperature, VAE):
         g = gumbel_noise((k, *log_p.shape), log_p)
         hard, relaxed, st = gumbel_softmax_sample(log_p, self.tau, noise=g)  # [k, B, n, c]
         z = {"score": hard, "relaxed": relaxed, "straight-through": st}[mode]
-        log_px_z = self.decoder(z.flatten(-2)).log_prob(x)
+        log_px_z = self.decoder.log_prob(z.flatten(-2), x)
         log_qz_relaxed = log_pz_relaxed = None
         if mode == "relaxed":
             with torch.no_grad():
-                log_px_z_hard = self.decoder(hard.flatten(-2)).log_prob(x)
+                log_px_z_hard = self.decoder.log_prob(hard.flatten(-2), x)
             s = torch.log_softmax((log_p + g) / self.tau, -1)  # log of the relaxed sample
             log_qz_relaxed = exp_concrete_log_prob(s, log_p, self.tau).sum(-1)
             log_pz_relaxed = exp_concrete_log_prob(s, torch.zeros_like(s), self.prior_tau or self.tau).sum(-1)

@@ -105,7 +105,7 @@ class HierarchicalVAE(VAE):
     def terms(self, x, k=1, *, params=None, mode="reparam") -> LogWeightTerms:
         x = flat(x)
         (z1, _), log_pz, log_qz = self.posterior_sample(x, k, params=params, mode=mode)
-        return LogWeightTerms(log_px_z=self.decoder(z1).log_prob(x), log_pz=log_pz, log_qz=log_qz)
+        return LogWeightTerms(log_px_z=self.decoder.log_prob(z1, x), log_pz=log_pz, log_qz=log_qz)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:

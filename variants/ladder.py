@@ -214,7 +214,7 @@ class LadderVAE(VAE):
     def terms(self, x, k=1, *, params=None, mode="reparam") -> LogWeightTerms:
         x = flat(x)
         zs, log_pz, log_qz = self.posterior_sample(x, k, params=params, mode=mode)
-        return LogWeightTerms(log_px_z=self.decoder(zs[0]).log_prob(x), log_pz=log_pz, log_qz=log_qz)
+        return LogWeightTerms(log_px_z=self.decoder.log_prob(zs[0], x), log_pz=log_pz, log_qz=log_qz)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:

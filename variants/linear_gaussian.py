@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from variants.base import GaussianLatentVAE, flat
+from variants.base import GaussianLatentVAE, flat, normal_log_prob
 from variants.registry import VariantConfigError, register
 
 
@@ -36,7 +36,11 @@ class _LinearGaussianDecoder(nn.Module):
 
     def forward(self, z: Tensor) -> Independent:
         loc = self.mean(z)
-        return Independent(Normal(loc, self.log_sigma.exp().expand_as(loc)), 1)
+        return Independent(Normal(loc, self.log_sigma.exp().expand_as(loc), validate_args=False), 1, validate_args=False)
+
+    def log_prob(self, z: Tensor, x: Tensor) -> Tensor:
+        """``log p(x | z)`` summed over the dimensions, as ``self(z).log_prob(x)``, computed directly."""
+        return normal_log_prob(x, self.mean(z), self.log_sigma).sum(-1)
 
 
 class _LinearEncoder(nn.Module):

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, OneHotCategorical
 from torch.nn import functional as F
 
-from variants.base import VAE, Decoder, LogWeightTerms, flat
+from variants.base import VAE, Decoder, LogWeightTerms, flat, one_hot
 from variants.nets import mlp
 from variants.registry import VariantConfigError, register
 
@@ -197,7 +197,7 @@ class VQVAE(VAE):
         """One EMA step (appendix A.1): ``N_k <- g N_k + (1-g) n_k``, ``m_k <- g m_k + (1-g) sum z_e``,
         ``e_k = m_k / N~_k`` with Laplace-smoothed counts ``N~`` (no division by zero)."""
         z = z_e.detach().reshape(-1, self.dim)
-        onehot = F.one_hot(idx.reshape(-1), self.n_codes).to(z.dtype)
+        onehot = one_hot(idx.reshape(-1), self.n_codes, z.dtype)
         g = self.decay
         self.ema_count.mul_(g).add_((1 - g) * onehot.sum(0))
         self.ema_sum.mul_(g).add_((1 - g) * onehot.T @ z)
@@ -213,7 +213,7 @@ class VQVAE(VAE):
         if self.ema and self.training:
             self.update_codebook(z_e, idx)
         z = z_e + (z_q - z_e).detach()  # straight-through: value z_q, gradient to z_e
-        log_px_z = self.decoder(z).log_prob(flat(x)).unsqueeze(0).expand(k, -1)
+        log_px_z = self.decoder.log_prob(z, flat(x)).unsqueeze(0).expand(k, -1)
         zero = torch.zeros_like(log_px_z)
         codebook = zero[0] if self.ema else (z_e.detach() - z_q).pow(2).sum(-1)
         return VQTerms(

@@ -12,7 +12,7 @@ import math
 import torch
 
 from bench.objectives.registry import Estimate, register
-from variants.base import LogWeightTerms
+from variants.base import Lazy, LogWeightTerms
 
 
 def anneal(t: LogWeightTerms, kl_weight: float) -> LogWeightTerms:
@@ -21,13 +21,14 @@ def anneal(t: LogWeightTerms, kl_weight: float) -> LogWeightTerms:
     ``log w_beta = log p(x | z) + beta (log p(z) - log q(z | x))``. For pathwise surrogates only:
     a score-function estimator must keep ``grad log q`` itself unscaled (it is the score, not a
     term of the objective), see ``bench.objectives.continuous.score_function_estimate``. The
-    identity at ``beta = 1``."""
-    if kl_weight == 1.0:
+    identity at ``beta = 1``. ``kl_weight`` may be a 0-dim tensor (a compiled or captured step's
+    input)."""
+    if not isinstance(kl_weight, torch.Tensor) and kl_weight == 1.0:
         return t
-    return dataclasses.replace(
+    return dataclasses.replace(  # log p(z) and log q(z | x) stay unread (unevaluated) unless needed
         t,
-        log_pz=kl_weight * t.log_pz,
-        log_qz=kl_weight * t.log_qz,
+        log_pz=Lazy(lambda: kl_weight * t.log_pz),
+        log_qz=Lazy(lambda: kl_weight * t.log_qz),
         kl=None if t.kl is None else kl_weight * t.kl,
     )
 
@@ -48,7 +49,9 @@ def elbo(model, x, k: int = 1, params=None, kl_weight: float = 1.0) -> Estimate:
     """
     t = model.terms(x, k, params=params, mode="reparam")
     bound = elbo_of(t)
-    return Estimate(value=bound.detach(), surrogate=-elbo_of(anneal(t, kl_weight)).mean())
+    annealed = anneal(t, kl_weight)
+    surrogate = bound if annealed is t else elbo_of(annealed)
+    return Estimate(value=bound.detach(), surrogate=-surrogate.mean())
 
 
 def logmeanexp(a: torch.Tensor, dim: int = 0) -> torch.Tensor:
