@@ -345,7 +345,7 @@ class Invocation:
     def _record(self) -> None:
         """The parent's account of this invocation (rewritten as outcomes arrive)."""
         runs = [{"run_key": p.key, "run_name": p.name, "run_id": p.run_id, "outcome": p.outcome,
-                 "resumed_after_epoch": p.start_epoch if p.decision == "resume" else None, "error": p.error or None}
+                 "resumed_after_epoch": p.start_epoch or None, "error": p.error or None}
                 for p in self.planned]
         self.tracker.log_dict(self.parent, {"suite": self.suite.name, "git_commit": self.commit, "executor": self.ex.name,
                                             "fresh": self.opts.fresh, "runs": runs}, "invocation.json")
@@ -362,8 +362,8 @@ class Invocation:
         for p in todo + list(self.watch.values()):
             pr.plan_epochs(p.cfg.epochs - p.start_epoch)
         pr.print(f"suite {self.suite.name!r}: {len(self.planned)} runs -> {self.uri} (experiment {self.suite.name!r}), "
-                 f"{len(reused)} reused, {sum(p.decision == 'resume' for p in todo)} to resume, "
-                 f"{sum(p.decision == 'new' for p in todo)} to run, {len(self.watch)} running elsewhere; "
+                 f"{len(reused)} reused, {sum(p.start_epoch > 0 for p in todo)} to resume, "
+                 f"{sum(p.start_epoch == 0 for p in todo)} to run, {len(self.watch)} running elsewhere; "
                  f"executor {self.ex.name}, {self.ex.capacity or 'auto'} at once")
         self.inflight: dict[str, Planned] = {}
         heartbeat = tracking.Heartbeat(self.tracker.client, self.parent)
@@ -431,7 +431,7 @@ class Invocation:
             self.progress.drop(p.run_id, f"{label} is now run by another invocation")
             return
         if o.status == "FINISHED":
-            p.outcome, p.final = ("resumed" if p.decision == "resume" else "ran"), o.final
+            p.outcome, p.final = ("resumed" if p.start_epoch > 0 else "ran"), o.final
             self.progress.finish(p.run_id, True, f"{label} finished: {_numbers(o.final)}")
         else:
             if not o.marked:

@@ -411,7 +411,7 @@ def test_the_same_suite_twice_at_once_shares_the_runs_and_ctrl_c_stops_one(tmp_p
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
     assert any("KILLED after epoch" in r.data.tags.get("vaebench.history", "") for r in runs)
     outcomes = {r["outcome"] for r in _invocation(store, parents(store)[1])["runs"]}
-    assert "resumed" in outcomes and outcomes <= {"resumed", "reused"}
+    assert "resumed" in outcomes and outcomes <= {"resumed", "reused", "ran"}  # "ran": taken over before its first checkpoint
     assert_same_numbers(histories(store), tiny_ref[1])
 
 
