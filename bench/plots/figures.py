@@ -575,6 +575,7 @@ def throughput(ctx: Context):
                 ax.text(mval + 0.01 * top, yi, f"{mval:,.0f}", va="center", fontsize=7.5)
         ax.set_xlim(0, 1.25 * top)
         ax.set_title(vocabulary.get(col).label + " [examples/s]", fontsize=9)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=4))  # labels that do not run together
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
         ax.tick_params(labelsize=8)
         ax.grid(axis="x", alpha=0.3)
