@@ -77,8 +77,10 @@ def test_ray_workers_into_a_server_on_postgres(tmp_path, postgres, tiny_ref):
     uri = f"http://127.0.0.1:{port}"
     try:
         ui.wait_healthy(uri, timeout=120, proc=proc)
+        # 19 s on 2 quiet cores; with two other busy processes on them Ray's workers took 72 s to start
+        # and the whole run 270 s to over 300 s (measured): the limit guards against a hang, not a speed
         run = run_cli("run", "--suite", str(TINY), "--set", TINY_EPOCHS, "--tracking-uri", uri,
-                      "--executor", "ray", "--jobs", "2", cwd=tmp_path)
+                      "--executor", "ray", "--jobs", "2", cwd=tmp_path, timeout=900)
         assert run.returncode == 0, run.stderr[-3000:]
         assert "Traceback" not in run.stderr
         got = histories(uri)
