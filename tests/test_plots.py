@@ -151,8 +151,8 @@ def test_draw_figures_tables_and_report(store, tmp_path, capsys):
     err = capsys.readouterr().err
     for text in (readme, err):
         assert "planar-flow/elbo/digits/seed0 is FAILED" in text
-        assert "iaf/dreg/digits/seed0 is KILLED" in text
-        assert re.search(r"metric\(s\) test/log_px, .* missing in 2 of 6 run\(s\)", text)
+        assert "iaf/dreg/digits/seed0 is KILLED and logged nothing: not shown" in text
+        assert re.search(r"metric\(s\) test/log_px, .* missing in 1 of 5 run\(s\)", text)
 
 
 def test_missing_experiment_and_empty_experiment_do_not_crash(store, tmp_path, capsys):
@@ -176,6 +176,31 @@ def test_half_finished_only_draws_what_exists(tmp_path, capsys):
     assert names == ["learning_curves.png", "summary.csv", "runs.csv", "README.md"]
     err = capsys.readouterr().err
     assert "gap figure not drawn" in err and "samples figure not drawn" in err
+
+
+def test_a_seed_that_did_not_finish_is_counted_where_it_has_values(tmp_path):
+    """A suite stopped part-way: two seeds finished, a third killed during training (curves, no
+    test metrics), a fourth planned and never started (no metric at all, as a resumable suite
+    leaves it). The planned one is not a row; the group's ``seeds`` counts the three that ran, and
+    a mean over fewer runs than that says how many it averages."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("part", artifact_location=(tmp_path / "art").as_uri())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    pid = client.create_run(exp, run_name="part", tags={"vaebench.role": "parent"}).info.run_id
+    for seed in (0, 1):
+        _child(client, exp, pid, "iwae", "iwae", seed, scratch)
+    _child(client, exp, pid, "iwae", "iwae", 2, scratch, status="KILLED", final=False)
+    _child(client, exp, pid, "vanilla", "elbo", 0, scratch, status="KILLED", metrics=False, final=False)
+    df, notes = plots.load_runs("part", uri)
+    assert sorted(df["seed"]) == [0, 1, 2]
+    assert "run vanilla/elbo/digits/seed0 is KILLED and logged nothing: not shown" in notes
+    plots.draw("part", tmp_path / "out", uri)
+    head, rows = _table((tmp_path / "out" / "part" / "README.md").read_text(), "Log-likelihood and bounds")
+    assert set(rows) == {("iwae", "iwae")}
+    assert rows[("iwae", "iwae")][3] == "3"
+    assert rows[("iwae", "iwae")][head.index("log p(x) [nats] ↑")] == "-29.00 ± 0.71 (n = 2)"
 
 
 def test_a_rerun_supersedes_older_runs_of_the_same_key(tmp_path):

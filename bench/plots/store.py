@@ -98,6 +98,11 @@ def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
     if len(df) < n:
         notes.append(f"{n - len(df)} other run(s) of an already reported variant/objective/dataset/seed "
                      "(earlier invocations, or later ones that did not finish) are not shown")
+    mcols = [c for c in df.columns if c.startswith("metrics.")]
+    empty = (df["status"] != "FINISHED") & (df[mcols].isna().all(axis=1) if mcols else True)
+    for _, r in df[empty].iterrows():  # planned, never started (or killed before its first epoch)
+        notes.append(f"run {r['run_name']} is {r['status']} and logged nothing: not shown")
+    df = df[~empty]
     for _, r in df[df["status"] != "FINISHED"].iterrows():
         notes.append(f"run {r['run_name']} is {r['status']}: its metrics so far are used")
     return df.sort_values(KEY + ["seed"]).reset_index(drop=True), notes

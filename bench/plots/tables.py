@@ -61,6 +61,8 @@ def _cell(r: pd.Series, name: str, na: bool) -> str:
     s = fmt(r[f"{name} mean"], r[f"{name} sd"], r[f"{name} n"], m.decimals, m.unit == "examples/s")
     if f"{name}_lo mean" in r and r[f"{name} n"] == 1 and np.isfinite(r[f"{name}_lo mean"]):
         s += f" [{r[f'{name}_lo mean']:.{m.decimals}f}, {r[f'{name}_hi mean']:.{m.decimals}f}]"
+    if r[f"{name} n"] < r["seeds"]:  # a run of the group that did not get this far
+        s += f" (n = {r[f'{name} n']})"
     return s
 
 
