@@ -178,16 +178,22 @@ def test_half_finished_only_draws_what_exists(tmp_path, capsys):
     assert "gap figure not drawn" in err and "samples figure not drawn" in err
 
 
+def _suite_store(tmp_path, suite: str):
+    """A new sqlite store with an experiment for ``suite``: (uri, client, experiment id, scratch dir)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment(suite, artifact_location=(tmp_path / "art").as_uri())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    return uri, client, exp, scratch
+
+
 def test_a_seed_that_did_not_finish_is_counted_where_it_has_values(tmp_path):
     """A suite stopped part-way: two seeds finished, a third killed during training (curves, no
     test metrics), a fourth planned and never started (no metric at all, as a resumable suite
     leaves it). The planned one is not a row; the group's ``seeds`` counts the three that ran, and
     a mean over fewer runs than that says how many it averages."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.create_experiment("part", artifact_location=(tmp_path / "art").as_uri())
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
+    uri, client, exp, scratch = _suite_store(tmp_path, "part")
     pid = client.create_run(exp, run_name="part", tags={"vaebench.role": "parent"}).info.run_id
     for seed in (0, 1):
         _child(client, exp, pid, "iwae", "iwae", seed, scratch)
@@ -206,11 +212,7 @@ def test_a_seed_that_did_not_finish_is_counted_where_it_has_values(tmp_path):
 def test_a_rerun_supersedes_older_runs_of_the_same_key(tmp_path):
     """Two invocations of one (variant, objective, dataset, seed): the later FINISHED run is
     reported, a later FAILED one does not displace it, and the README says runs were dropped."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.create_experiment("again", artifact_location=(tmp_path / "art").as_uri())
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
+    uri, client, exp, scratch = _suite_store(tmp_path, "again")
     pid = client.create_run(exp, run_name="first", tags={"vaebench.role": "parent"}).info.run_id
     _child(client, exp, pid, "vanilla", "elbo", 0, scratch)
     LOG_PX[("vanilla", "elbo")][0] = -20.0  # the second invocation's value
