@@ -171,13 +171,24 @@ class VAE(nn.Module):
         """``lambda(x)``, the encoder's output as one ``[B, P]`` tensor."""
         raise NotImplementedError
 
-    def sample(self, n: int, mean: bool = False) -> Tensor:
-        """``n`` draws from the model, ``[n, *x_shape]`` (``mean=True``: the decoder's mean)."""
+    def prior(self) -> Distribution:
+        """``p(z)``, over the latent the decoder reads."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = False) -> Tensor:
+        """``n`` draws from the model, ``[n, *x_shape]`` (``mean=True``: the decoder's mean);
+        by default ``x ~ p(x | z)`` at ``z ~`` :meth:`prior`, for a one-layer ``self.decoder``."""
+        z = self.prior().sample((n,))
+        x = self.decoder.mean(z) if mean else self.decoder(z).sample()
+        return x.reshape(n, *self.x_shape)
+
+    @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
-        """The decoder's mean at one ``z ~ q(z | x)``: ``[B, D]`` (for the reconstruction grids)."""
-        raise NotImplementedError
+        """The decoder's mean at one ``z ~ q(z | x)``: ``[B, D]`` (for the reconstruction grids);
+        by default at a draw of the variant's ``encode(x)``, ``q(z | x)`` (one-layer variants; the
+        metrics tell those from the hierarchical ones by whether ``encode`` exists)."""
+        return self.decoder.mean(self.encode(x).sample())
 
     def local_params(self, x: Tensor) -> Tensor:
         """The gap decomposition's starting point ``[B, P']``: the encoder's ``q`` as a member of
@@ -424,16 +435,6 @@ class GaussianLatentVAE(VAE):
             log_qz=Lazy(diag_gaussian_log_prob, z, q_mu, q_log_sigma),
             kl=Lazy(kl_to_standard_normal, mu, log_sigma) if mode == "reparam" else None,
         )
-
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
-        return self.decoder.mean(self.encode(x).sample())
-
-    @torch.no_grad()
-    def sample(self, n: int, mean: bool = False) -> Tensor:
-        z = self.prior().sample((n,))
-        x = self.decoder.mean(z) if mean else self.decoder(z).sample()
-        return x.reshape(n, *self.x_shape)
 
 
 class FlowVAE(GaussianLatentVAE):

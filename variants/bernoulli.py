@@ -168,13 +168,3 @@ class BernoulliVAE(AnnealedTemperature, VAE):
             t.log_pz_relaxed = logistic_log_prob(s, self.prior_logits, self.prior_tau or self.tau)
         return t
 
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """The decoder's mean at one exact sample ``b ~ q(b | x)``: ``[B, D]``."""
-        return self.decoder.mean(self.encode(x).sample())
-
-    @torch.no_grad()
-    def sample(self, n: int, mean: bool = False) -> Tensor:
-        b = self.prior().sample((n,))
-        x = self.decoder.mean(b) if mean else self.decoder(b).sample()
-        return x.reshape(n, *self.x_shape)
