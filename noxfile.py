@@ -1,9 +1,11 @@
-"""Sessions: tests, benchmark, perf, lint, ui, server. The uv backend: a warm install of torch takes seconds.
+"""Sessions: tests, benchmark, perf, gpu, lint, ui, server. The uv backend: a warm install of torch takes seconds.
 
     nox -s tests                          # the test suite (pytest args after --)
     nox -s benchmark                      # the smoke suite (--jobs auto), then its plots and report
     nox -s benchmark -- --suite standard  # another suite; other `bench run` flags pass through
     nox -s perf                           # harness against hand-written PyTorch, and micro-benchmarks
+    nox -s gpu                            # on a CUDA machine: every GPU figure, about 8 min, into results/gpu
+    nox -s gpu -- --out DIR               # (gpu_check.json / .md; bench/gpucheck.py); exit 2 without CUDA
     nox -s lint                           # ruff
     nox -s ui                             # the MLflow UI for the store, on 127.0.0.1
     nox -s server                         # an MLflow tracking server on PostgreSQL, on 127.0.0.1
@@ -69,6 +71,20 @@ def perf(session: nox.Session) -> None:
     About 3 minutes on 2 CPU cores."""
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "perf", "tests/test_perf.py", *session.posargs)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """`python -m bench.gpucheck` (default --out results/gpu): tests/test_gpu.py, the training step's
+    throughput eager / compile / cuda-graph, L_5000 on MNIST's test set, 8 seeds on one GPU against
+    one run (and under MPS where its control daemon is installed), the smoke suite on CUDA in each
+    step_mode, peak GPU memory; each part in a subprocess with a time limit, about 8 minutes on an
+    H100. Without CUDA: one line, exit code 2 (`-- --device cpu --quick` runs the plumbing on CPU)."""
+    session.install("-e", ".[test]")
+    args = list(session.posargs)
+    if not any(a == "--out" or a.startswith("--out=") for a in args):
+        args = ["--out", "results/gpu", *args]
+    session.run("python", "-m", "bench.gpucheck", *args)
 
 
 @nox.session
