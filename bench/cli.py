@@ -4,6 +4,7 @@ each subcommand's work lives in its module (``bench.runner``, ``bench.plots``, `
 
     python -m bench run --suite smoke [--set key=value ...] [--tracking-uri URI] [--jobs N|auto]
                         [--executor local|ray|submitit] [--ray-address ADDR] [--fresh]
+    python -m bench remeasure --suite smoke [--measurements grad,gaps,log_px,ais,active_units] [run's flags]
     python -m bench list
     python -m bench plots [--suite smoke] [--out results]
     python -m bench compare --suite smoke [A B] [--csv PATH] [--metric NAME ...]
@@ -33,6 +34,16 @@ def cmd_run(args) -> int:
     from bench import runner
 
     return runner.main(runner.Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(runner.Options)}))
+
+
+REMEASURABLE = ("grad", "gaps", "log_px", "ais", "active_units")  # bench.remeasure.MEASUREMENTS (not imported: torch)
+
+
+def cmd_remeasure(args) -> int:
+    from bench import remeasure
+
+    return remeasure.main(remeasure.Options(**{f.name: getattr(args, f.name)
+                                               for f in dataclasses.fields(remeasure.Options)}))
 
 
 def cmd_server(args) -> int:
@@ -101,10 +112,8 @@ def cmd_ui(args) -> int:
     return ui.serve(_existing_store(tracking.resolve_tracking_uri(args.tracking_uri)), host="127.0.0.1", port=args.port)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description="vaebench: VAE variants and estimators, logged to MLflow")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run a suite (resumes an interrupted one)")
+def _suite_flags(r: argparse.ArgumentParser, fresh: str) -> None:
+    """The flags ``run`` and ``remeasure`` share: which runs, which store, where they execute."""
     r.add_argument("--suite", default="smoke", help="suite name (bench/suites/NAME.toml) or path to a TOML file")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run-config key (repeatable)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
@@ -116,7 +125,7 @@ def parser() -> argparse.ArgumentParser:
                    help="local processes (default), Ray tasks, or Slurm jobs through submitit")
     r.add_argument("--ray-address", help="a running Ray cluster (ray://host:10001, or auto); default: a local one")
     r.add_argument("--runs-per-gpu", type=int, default=1, metavar="M", help="runs sharing one GPU (local and ray)")
-    r.add_argument("--fresh", action="store_true", help="recompute every run, even those already FINISHED")
+    r.add_argument("--fresh", action="store_true", help=fresh)
     r.add_argument("--checkpoint-every", type=float, default=0.0, metavar="SECONDS",
                    help="at most one checkpoint per SECONDS (default 0: after every epoch)")
     sl = r.add_argument_group("submitit (Slurm)")
@@ -126,6 +135,27 @@ def parser() -> argparse.ArgumentParser:
     sl.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per run (default 0: CPU)")
     sl.add_argument("--slurm-mem-gb", type=float, default=0.0, help="memory per job (default: the partition's)")
     sl.add_argument("--slurm-folder", default="submitit", help="job scripts and logs (default ./submitit)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description="vaebench: VAE variants and estimators, logged to MLflow")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a suite (resumes an interrupted one)")
+    _suite_flags(r, fresh="recompute every run, even those already FINISHED")
+    rm = sub.add_parser(
+        "remeasure", help="recompute final measurements of a suite's FINISHED runs from their stored weights",
+        description="Recompute the final measurements of a suite's FINISHED runs with the current code, on the "
+                    "final weights each run stored (model.pt), and log them into the same runs at the final step "
+                    "(the old values stay in the metric's history; the new one is the latest, which the report "
+                    "reads). Tags: vaebench.remeasured.commit, vaebench.remeasured.measurements. A run already "
+                    "re-measured at this commit is skipped; the same command continues an interrupted one. "
+                    "--set names the runs as in `run` (the same overrides as the invocation that trained them). "
+                    "Every executor runs it (local --jobs N, ray, submitit).")
+    rm.add_argument("--measurements", default=",".join(REMEASURABLE), metavar="M,M,...",
+                    help=f"comma-separated, from {', '.join(REMEASURABLE)} (default: all); those a variant does "
+                         "not make are skipped as `run` skips them")
+    _suite_flags(rm, fresh="re-measure every run, even those already re-measured at this commit")
+    rm.set_defaults(fn=cmd_remeasure)
     r.set_defaults(fn=cmd_run)
     sv = sub.add_parser("server", help="an MLflow tracking server on PostgreSQL for many writers, on 127.0.0.1")
     sv.add_argument("--port", type=int, default=5000)

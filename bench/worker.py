@@ -55,6 +55,9 @@ class Job:
     config: dict  # RunConfig fields, the device resolved by the driver
     threads: int
     checkpoint_every: float = 0.0  # seconds between checkpoints; 0 = every epoch
+    kind: str = "train"  # train | remeasure (bench.remeasure: final measurements of a FINISHED run)
+    measurements: tuple[str, ...] = ()  # remeasure: which (bench.remeasure.MEASUREMENTS)
+    commit: str = ""  # remeasure: the driver's git describe, the run's vaebench.remeasured.commit
 
 
 @dataclass
@@ -137,7 +140,12 @@ def _dataset(cfg):
 
 
 def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
-    """Run ``job`` to its end in this process (see the module docstring)."""
+    """Run ``job`` to its end in this process (see the module docstring); a job of kind
+    ``"remeasure"`` re-measures a FINISHED run instead (``bench.remeasure.execute``)."""
+    if job.kind == "remeasure":
+        from bench import remeasure
+
+        return remeasure.execute(job, progress)
     import torch
     from mlflow.tracking import MlflowClient
 
