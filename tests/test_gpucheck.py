@@ -51,7 +51,8 @@ def test_a_failing_part_is_recorded_and_the_others_still_run(tmp_path, monkeypat
 
 @pytest.mark.slow
 def test_quick_cpu_mode_runs_every_part_and_writes_every_figure(tmp_path):
-    """Every part at a tiny size on CPU (about 1 min on 2 quiet cores, a few with other work):
+    """Every part at a tiny size on CPU (141 s on the 2 shared cores at a load average of 5-8,
+    2026-12-05; most of it the subprocesses' imports of torch and MLflow):
     the parts that can run on CPU run and give their figures; cuda-graph and MPS are skipped with
     their reasons, compile for time."""
     p = subprocess.run([sys.executable, "-m", "bench.gpucheck", "--out", str(tmp_path), "--device", "cpu", "--quick"],
