@@ -171,23 +171,39 @@ def log_weight_moments(
     """
     B = x.shape[0]
     b, kc = _chunks(B, k, log_weight_chunk(model, x, params, chunk))
-    lses, sums = [], []
+    # The outputs and the per-pass scratch are allocated once, at the first pass, and every pass
+    # writes into them (``out=``, in place): no small tensor made by one pass outlives it among the
+    # large transient ones of the next (a list of per-chunk results, a re-created running
+    # accumulator), which fragmented glibc's heap by 2-4 MB a pass (see :func:`peak_memory_mb`).
+    # The arithmetic and its order are those of ``c = lse_j; lse = logaddexp(lse, c)``.
+    lse_out = sum_out = c_lse = c_sum = None
     for i in range(0, B, b):
         xi = x[i : i + b]
         pi = None if params is None else params[i : i + b]
-        lse = s = None
         done = 0
         while done < k:
             n = min(kc, k - done)
             lw = model.log_weights(xi, n, params=pi)
             lw = lw.to(torch.promote_types(lw.dtype, torch.float32))
-            c_lse, c_sum = torch.logsumexp(lw, 0), lw.sum(0)
-            lse = c_lse if lse is None else torch.logaddexp(lse, c_lse)
-            s = c_sum if s is None else s + c_sum
+            if lse_out is None:
+                lse_out, sum_out = lw.new_empty(B), lw.new_empty(B)
+                c_lse, c_sum = lw.new_empty(b), lw.new_empty(b)
+            lse, s = lse_out[i : i + b], sum_out[i : i + b]
+            if done == 0:
+                torch.logsumexp(lw, 0, out=lse)
+                torch.sum(lw, 0, out=s)
+            else:
+                cl, cs = c_lse[: lse.shape[0]], c_sum[: lse.shape[0]]
+                torch.logsumexp(lw, 0, out=cl)
+                torch.sum(lw, 0, out=cs)
+                torch.logaddexp(lse, cl, out=lse)
+                s.add_(cs)
+            del lw
             done += n
-        lses.append(lse)
-        sums.append(s)
-    return torch.cat(lses), torch.cat(sums)
+    if lse_out is None:  # no examples
+        lse_out = x.new_empty(0, dtype=torch.promote_types(x.dtype, torch.float32))
+        sum_out = torch.empty_like(lse_out)
+    return lse_out, sum_out
 
 
 def log_likelihood(model: nn.Module, x: Tensor, k: int = 5000, chunk: int = 0) -> Tensor:
@@ -357,7 +373,15 @@ def gaps(
 # -- gradient variance and SNR -------------------------------------------------------------------
 
 _GROUPS = ("encoder", "decoder")
-GRADIENT_STATS = ("var", "snr", "snr_lo", "snr_hi", "snr_floor", "snr_ratio")  # per group, see bench.snr
+GRADIENT_STATS = ("var", "snr", "snr_lo", "snr_hi", "snr_floor", "snr_ratio", "snr_det", "snr_dropped")  # per group, see bench.snr
+
+
+def _restore(modules: list[nn.Module], saved: list[dict[str, Tensor]]) -> None:
+    """Copy the saved buffers back into ``modules``."""
+    with torch.no_grad():
+        for m, s in zip(modules, saved):
+            for name, b in m.named_buffers():
+                b.copy_(s[name])
 
 
 def gradient_stats(
@@ -376,15 +400,19 @@ def gradient_stats(
     coordinates (identically zero ones are left out), ``bench.snr.summarize`` gives
 
         {group}_var        mean_c s_c^2
-        {group}_snr        mean_c |E g_c| / sd(g_c) (Rainforth et al. 2018), estimated with the
-                           finite-n noise floor removed per coordinate (an empirical-Bayes
-                           deconvolution of t_c = sqrt(n) m_c / s_c, see bench.snr)
-        {group}_snr_lo/hi  its 95% interval (jackknife over 10 groups of draws, plus the
-                           deconvolution's bias allowance)
-        {group}_snr_floor  what the plug-in mean_c |m_c| / s_c reads at zero signal for this n
-                           (about sqrt(2 / (pi n)))
+        {group}_snr        the median over the live coordinates of |E g_c| / sd(g_c) (Rainforth
+                           et al. 2018), deterministic coordinates counted as +inf, estimated
+                           with the finite-n noise removed (an empirical-Bayes deconvolution of
+                           t_c = sqrt(n) m_c / s_c, see bench.snr)
+        {group}_snr_lo/hi  its 95% interval (jackknife over 10 groups of draws, the dropped
+                           coordinates' possible SNRs, the measured bias allowance)
+        {group}_snr_floor  what the plug-in median_c |m_c| / s_c reads at zero signal for this n
+                           (t_{0.75, n-1} / sqrt(n), about 0.674 / sqrt(n))
         {group}_snr_ratio  mean_c E[g_c]^2 / mean_c Var g_c, the squared-SNR ratio of averages of
                            the official DReG code (Tucker et al. 2019), E[g_c]^2 = m_c^2 - s_c^2/n
+        {group}_snr_det    the share of the live coordinates that are deterministic (s_c at the
+                           float32 rounding level of m_c)
+        {group}_snr_dropped  the share of the group's coordinates identically zero in every draw
 
     A trainable objective (an ``nn.Module``: NVIL, REBAR, RELAX) adds the group ``objective``: the
     draws of its own parameters' training gradient (``bench.objectives.gradients``).
@@ -393,9 +421,12 @@ def gradient_stats(
     The surrogate is a mean over the batch, so for i.i.d. examples the variance falls as ``1/B``.
     ``objective`` is a registered name (a fresh instance from ``bench.objectives.build``) or such a
     callable ``(model, x, k, params=None) -> Estimate``. Gradients are taken with
-    ``torch.autograd.grad``: the parameters' ``.grad`` are untouched, and the buffers of the model
-    and of a trainable objective (running statistics a forward pass in training mode may update)
-    are restored afterwards. Returns ``{f"{group}_{stat}"}`` for the groups and
+    ``torch.autograd.grad``: the parameters' ``.grad`` are untouched. The buffers of the model and
+    of a trainable objective (running statistics a forward pass in training mode may update, such
+    as NVIL's centre ``c`` and scale ``v``) are restored before every draw and afterwards: each
+    draw is the gradient that one training step would take from the same state, so the ``n``
+    draws are identically distributed (without it NVIL's ``v`` drifts over the draws and the
+    later draws are scaled differently from the first). Returns ``{f"{group}_{stat}"}`` for the groups and
     :data:`GRADIENT_STATS`, as floats.
     """
     if n < 2:
@@ -417,6 +448,7 @@ def gradient_stats(
     stats = snr.GradientMoments(sum(p.numel() for p in params + own), device)
     try:
         for _ in range(n):
+            _restore(stateful, buffers)  # every draw from the same state (NVIL's c, v moved in the last)
             est = objective(model, x, k)
             grads, own_grads = objectives.gradients(objective, est, params, groups["encoder"])
             stats.update(
@@ -424,10 +456,7 @@ def gradient_stats(
                            for p, g in zip(params + own, grads + own_grads)])
             )
     finally:
-        with torch.no_grad():
-            for m, saved in zip(stateful, buffers):
-                for name, b in m.named_buffers():
-                    b.copy_(saved[name])
+        _restore(stateful, buffers)
     out: dict[str, float] = {}
     start = 0
     for group in names:
@@ -519,12 +548,21 @@ def posterior_means(
     stochastic layer, instead of their concatenation.
     """
     x = x.reshape(x.shape[0], -1)
+    B = x.shape[0]
     b = max(1, chunk // n_samples)
-    batches = [_posterior_means(model, x[i : i + b], n_samples) for i in range(0, x.shape[0], b)]
-    layers = [
-        (torch.cat([parts[j][0] for parts in batches]), torch.cat([parts[j][1] for parts in batches]).mean(0))
-        for j in range(len(batches[0]))
-    ]
+    # Each layer's outputs ([B, U_l] means and Monte Carlo variances) are allocated once, at the
+    # first batch, and every batch copies its rows into them: no per-batch result outlives its
+    # pass among the large transient draws of the next (see :func:`log_weight_moments`).
+    outs: list[tuple[Tensor, Tensor]] = []
+    for i in range(0, B, b):
+        parts = _posterior_means(model, x[i : i + b], n_samples)
+        if not outs:
+            outs = [(m.new_empty(B, *m.shape[1:]), v.new_empty(B, *v.shape[1:])) for m, v in parts]
+        for (m_out, v_out), (m, v) in zip(outs, parts):
+            m_out[i : i + b].copy_(m)
+            v_out[i : i + b].copy_(v)
+        del parts
+    layers = [(m, v.mean(0)) for m, v in outs]
     if per_layer:
         return layers
     return torch.cat([m for m, _ in layers], -1), torch.cat([v for _, v in layers])

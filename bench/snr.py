@@ -47,13 +47,18 @@ Alongside: the ratio of averages that the official DReG code reports (Tucker et 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import Tensor
 
 GROUPS = 10  # jackknife groups of draws
-BIAS_UP, BIAS_DOWN = 0.15, 0.15  # the deconvolution's measured bias range, in units of 1/sqrt(n)
+BIAS_UP, BIAS_DOWN = 0.30, 0.20  # allowance for the measured bias (up, down) of the headline, in units of 1/sqrt(n)
+EPS32 = float(torch.finfo(torch.float32).eps)  # 2^-23
+DET_ULPS = 32  # a coordinate is deterministic where s_c <= DET_ULPS * EPS32 * |m_c|
+WINDOW = 0.1  # the headline averages the quantile function of the SNRs over the levels 1/2 +- WINDOW
+DROPPED_P = 3.0  # a coordinate zero in all n draws: its chance of a nonzero draw is below DROPPED_P / n
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)  # Student t, df = 1..9
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -103,14 +108,34 @@ class GradientMoments:
 
 
 def noise_floor(n: int) -> float:
-    """``E|T_{n-1}| / sqrt(n)``: what the plug-in ``mean_c |m_c| / s_c`` reads, in expectation, for
-    Gaussian draws whose true SNR is 0 (``inf`` for n = 2, where ``E|T_1|`` diverges)."""
+    """``median |T_{n-1}| / sqrt(n) = t_{0.75, n-1} / sqrt(n)``: what the plug-in median over
+    coordinates of ``|m_c| / s_c`` reads, in the limit of many coordinates, for Gaussian draws whose
+    true SNR is 0 (0.1247 at n = 30, 0.0390 at n = 300; ``0.6745 / sqrt(n)`` for large n)."""
+    return _floor(n)
+
+
+@functools.lru_cache(maxsize=64)
+def _floor(n: int) -> float:
+    return student_t_quantile(0.75, n - 1) / math.sqrt(n) if n >= 2 else math.inf
+
+
+def mean_noise_floor(n: int) -> float:
+    """``E|T_{n-1}| / sqrt(n)``: what the plug-in *mean* ``mean_c |m_c| / s_c`` reads, in
+    expectation, at zero signal (the old headline's floor; ``inf`` for n = 2)."""
     nu = n - 1
     if nu < 2:
         return math.inf
     log_e = math.log(2) + 0.5 * math.log(nu) + math.lgamma((nu + 1) / 2) - 0.5 * math.log(math.pi)
     log_e -= math.log(nu - 1) + math.lgamma(nu / 2)
     return math.exp(log_e) / math.sqrt(n)
+
+
+def dropped_bound(n: int) -> float:
+    """``B(n) = sqrt(p / (1 - p))``, ``p = DROPPED_P / n``: the largest SNR of a coordinate whose
+    chance of a nonzero draw is ``p`` (Cauchy-Schwarz, see the module docstring); ``inf`` where
+    ``p >= 1``."""
+    p = DROPPED_P / n
+    return math.sqrt(p / (1 - p)) if p < 1 else math.inf
 
 
 def _grid(top: float, device: torch.device, step: float = 0.05, knee: float = 8.0, ratio: float = 1.03) -> Tensor:
@@ -216,12 +241,15 @@ def _npmle(lik: Tensor, frac: Tensor, w: Tensor, iters: int, tol: float = 1e-8) 
     slowly toward a point mass (an SNR of 0: 1,500 EM steps still moved the estimate by
     0.01 / sqrt(n)); ``iters`` SQUAREM steps cost 3 EM steps each."""
 
+    def mix(v: Tensor) -> Tensor:  # [G, R]; one matrix-vector product per problem (faster than bmm)
+        return torch.stack([li @ vi for li, vi in zip(lik, v)]).clamp_min(1e-300)
+
     def em(v: Tensor) -> Tensor:
-        dens = (lik @ v[..., None])[..., 0].clamp_min(1e-300)  # [G, R]
-        return v * (lik.transpose(1, 2) @ (frac / dens)[..., None])[..., 0]
+        ratio = frac / mix(v)
+        return v * torch.stack([ri @ li for li, ri in zip(lik, ratio)])
 
     def loglik(v: Tensor) -> Tensor:
-        return (frac * torch.log((lik @ v[..., None])[..., 0].clamp_min(1e-300))).sum(-1)
+        return (frac * torch.log(mix(v))).sum(-1)
 
     best = loglik(w)
     for _ in range(iters):
@@ -255,8 +283,9 @@ def _binned(t_abs: Tensor, n: int, top: float) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _deconvolve_many(ts: list[Tensor], ns: list[int], top: float, w0: Tensor | None, iters: int
-                     ) -> tuple[list[float], Tensor]:
-    """:func:`deconvolve` for several ``(|t|, n)`` sets on one grid, solved as one batch."""
+                     ) -> tuple[list[float], Tensor, Tensor]:
+    """:func:`deconvolve` for several ``(|t|, n)`` sets on one grid, solved as one batch: the
+    posterior-mean averages, ``G``'s weights ``[len(ts), M]`` and the grid of ``|delta|`` ``[M]``."""
     parts = [_binned(t, n, top) for t, n in zip(ts, ns)]
     grid = parts[0][2]
     r_max = max(lik.shape[0] for lik, _, _ in parts)
@@ -269,7 +298,7 @@ def _deconvolve_many(ts: list[Tensor], ns: list[int], top: float, w0: Tensor | N
     post = lik * w[:, None, :]
     post = post / post.sum(-1, keepdim=True).clamp_min(1e-300)
     means = (frac * (post @ grid)).sum(-1)  # [G]
-    return [float(m) / math.sqrt(n) for m, n in zip(means, ns)], w
+    return [float(m) / math.sqrt(n) for m, n in zip(means, ns)], w, grid
 
 
 def deconvolve(t_abs: Tensor, n: int, *, top: float | None = None, w0: Tensor | None = None,
@@ -279,58 +308,139 @@ def deconvolve(t_abs: Tensor, n: int, *, top: float | None = None, w0: Tensor | 
     ``top`` fixes the grid's end (jackknife replicates share the full data's grid; default 1.5 x
     the largest ``|t|``), ``w0`` starts EM from given weights on it."""
     top = float(t_abs.max()) * 1.5 + 2 if top is None else top
-    (est,), w = _deconvolve_many([t_abs], [n], top, w0, iters)
+    (est,), w, _ = _deconvolve_many([t_abs], [n], top, w0, iters)
     return est, w[0]
+
+
+def student_t_quantile(p: float, nu: int) -> float:
+    """The ``p`` quantile (``1/2 <= p < 1``) of Student's t with ``nu`` degrees of freedom: Newton's
+    method on the CDF, ``1/2 + int_0^x f``, by Simpson's rule on 2,048 intervals (error < 1e-9
+    for ``x`` below 10)."""
+    c = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
+
+    def pdf(x: Tensor | float):
+        x = torch.as_tensor(x, dtype=torch.float64)
+        return torch.exp(c - (nu + 1) / 2 * torch.log1p(x * x / nu))
+
+    def cdf(x: float) -> float:
+        u = torch.linspace(0, x, 2049, dtype=torch.float64)
+        wts = torch.ones(2049, dtype=torch.float64)
+        wts[1:-1:2], wts[2:-1:2] = 4, 2
+        return 0.5 + float((wts * pdf(u)).sum()) * x / (3 * 2048)
+
+    x = 0.0
+    for _ in range(50):
+        step = (cdf(x) - p) / float(pdf(x))
+        x -= step
+        if abs(step) < 1e-12:
+            break
+    return x
+
+
+def _jackknife_sd(reps: list[float]) -> float:
+    """The delete-a-group jackknife s.d. of replicates (``inf`` if fewer than 2 or any infinite)."""
+    g = len(reps)
+    if g < 2 or not all(math.isfinite(r) for r in reps):
+        return math.inf
+    mean = sum(reps) / g
+    return math.sqrt((g - 1) / g * sum((r - mean) ** 2 for r in reps))
+
+
+def window_mean(values: Tensor, masses: Tensor, centre: float, half: float = WINDOW) -> float:
+    """``(1 / 2h) int_{centre-h}^{centre+h} Q(u) du``: the average of the quantile function ``Q`` of
+    the discrete distribution ``masses`` (summing to 1) on the sorted ``values`` over the window of
+    levels ``centre +- half`` (clipped to ``[0, 1]``): each atom counts by the overlap of its
+    interval of levels with the window; ``inf`` if an atom at ``inf`` overlaps it."""
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    upper = torch.cumsum(masses, 0)
+    overlap = (torch.minimum(upper, torch.tensor(hi, dtype=upper.dtype, device=upper.device))
+               - torch.maximum(upper - masses, torch.tensor(lo, dtype=upper.dtype, device=upper.device))).clamp_min(0)
+    hit = overlap > 1e-12
+    if bool(torch.isinf(values[hit]).any()):
+        return math.inf
+    return float((values[hit] * overlap[hit]).sum() / overlap[hit].sum())
+
+
+def _median(w: Tensor, grid: Tensor, n: int, spread: int, det: int, dropped: int, at: float) -> float:
+    """The headline for one fit: :func:`window_mean` at level 1/2 of the group's SNRs, made of
+    ``spread`` coordinates distributed as ``G / sqrt(n)`` (weights ``w`` on ``grid``), ``det`` at
+    ``inf`` and ``dropped`` at the SNR ``at`` (0 or :func:`dropped_bound`)."""
+    total = spread + det + dropped
+    inf = torch.tensor([math.inf], dtype=grid.dtype, device=grid.device)
+    values = torch.cat([grid / math.sqrt(n), inf])
+    masses = torch.cat([w / w.sum() * spread, torch.tensor([float(det)], dtype=w.dtype, device=w.device)])
+    if dropped:
+        values = torch.cat([values, torch.tensor([at], dtype=grid.dtype, device=grid.device)])
+        masses = torch.cat([masses, torch.tensor([float(dropped)], dtype=w.dtype, device=w.device)])
+    order = torch.argsort(values, stable=True)
+    return window_mean(values[order], masses[order] / total, 0.5)
 
 
 def summarize(mom: GradientMoments, sl: slice = slice(None)) -> dict[str, float]:
     """The pure core of ``bench.metrics.gradient_stats`` for one parameter group (coordinates
-    ``sl``): ``{var, snr, snr_lo, snr_hi, snr_floor, snr_ratio}``.
+    ``sl``): ``{var, snr, snr_lo, snr_hi, snr_floor, snr_ratio, snr_det, snr_dropped}``, as the
+    module docstring says.
 
-    * Coordinates whose gradient is identically zero in every draw (unused parameters, a group the
-      objective does not reach) carry no information about the estimator and are left out.
-    * ``var``: the mean over the remaining (live) coordinates of the unbiased variance.
-    * ``snr``: the deconvolved average SNR (:func:`deconvolve`) over the live coordinates with
-      spread; a live coordinate with none is deterministic (infinite SNR) and is left out so that
-      one such coordinate does not make the group's SNR ``inf``. If every live coordinate is
-      deterministic, ``snr``, ``snr_lo`` and ``snr_hi`` are ``inf``.
-    * ``snr_lo``, ``snr_hi``: the 95% interval (jackknife over groups of draws, widened by the
-      deconvolution's bias allowance, clipped at 0).
-    * ``snr_floor``: :func:`noise_floor` of ``n``, the plug-in's reading at zero signal.
+    * ``var``: the mean over the live coordinates (nonzero in some draw) of the unbiased variance.
+    * ``snr``: the median over the live coordinates of ``|E g_c| / sd(g_c)``: deterministic
+      coordinates (``s_c <= DET_ULPS * eps_float32 * |m_c|``) at ``+inf``, the others' SNRs
+      distributed as the deconvolved ``G / sqrt(n)``; ``inf`` if half the live coordinates or more
+      are deterministic.
+    * ``snr_lo``, ``snr_hi``: its 95% interval, for the median over the group's coordinates that
+      are live in distribution (the dropped ones placed at 0 and at :func:`dropped_bound` for the
+      two ends), jackknife over groups of draws, widened by the measured bias allowance.
+    * ``snr_floor``: :func:`noise_floor` of ``n``, the plug-in median's reading at zero signal.
     * ``snr_ratio``: ``mean_c (m_c^2 - s_c^2 / n) / mean_c s_c^2`` over the live coordinates (may
       be negative where the signal is below the noise; ``inf`` if every one is deterministic).
+    * ``snr_det``: the share of the live coordinates that are deterministic.
+    * ``snr_dropped``: the share of the group's coordinates identically zero in every draw.
     * A group with no live coordinate reports 0 for all but the floor ("no signal"), never NaN.
     """
     n, mean, var = mom.moments(sl)
     live = mom.nonzero[sl]
-    out = {"var": 0.0, "snr": 0.0, "snr_lo": 0.0, "snr_hi": 0.0, "snr_floor": noise_floor(n), "snr_ratio": 0.0}
-    if not bool(live.any()):
+    size, n_live = live.numel(), int(live.sum())
+    out = {"var": 0.0, "snr": 0.0, "snr_lo": 0.0, "snr_hi": 0.0, "snr_floor": noise_floor(n), "snr_ratio": 0.0,
+           "snr_det": 0.0, "snr_dropped": (size - n_live) / size if size else 0.0}
+    if not n_live:
         return out
     m, v = mean[live], var[live]
     out["var"] = mean_var = float(v.mean())
     out["snr_ratio"] = float((m * m - v / n).mean()) / mean_var if mean_var > 0 else math.inf
-    spread = v > 0
-    if not bool(spread.any()):
-        out.update(snr=math.inf, snr_lo=math.inf, snr_hi=math.inf)
+    det = v <= (DET_ULPS * EPS32 * m) ** 2  # includes s = 0 (m != 0 there: the coordinate is live)
+    n_det, n_spread, n_drop = int(det.sum()), n_live - int(det.sum()), size - n_live
+    out["snr_det"] = n_det / n_live
+    at = dropped_bound(n)
+    if not n_spread:
+        lo = window_mean(torch.tensor([0.0, math.inf], dtype=torch.float64),
+                         torch.tensor([n_drop, n_det], dtype=torch.float64) / size, 0.5)
+        out.update(snr=math.inf, snr_lo=lo, snr_hi=math.inf)
         return out
+    spread = ~det
     t = math.sqrt(n) * m[spread].abs() / v[spread].sqrt()
     top = 2 * float(t.max()) + 2  # room for the replicates' |t| on the same grid
-    est, w = deconvolve(t, n, top=top)
+    _, w, grid = _deconvolve_many([t], [n], top, None, 150)
+
+    def three(wg: Tensor, n_g: int) -> tuple[float, float, float]:
+        """(point, lower end, upper end) of the headline for the weights ``wg`` from ``n_g`` draws."""
+        point = _median(wg, grid, n_g, n_spread, n_det, 0, 0.0)
+        if not n_drop:
+            return point, point, point
+        return (point, _median(wg, grid, n_g, n_spread, n_det, n_drop, 0.0),
+                max(point, _median(wg, grid, n_g, n_spread, n_det, n_drop, at)))
+
+    est, lo, hi = three(w[0], n)
     ts, ns = [], []
     for g in range(mom.groups):
         n_g, m_g, v_g = mom.moments(sl, drop=g)
         if mom.counts[g] == 0 or n_g < 3:
             continue
         m_g, v_g = m_g[live][spread], v_g[live][spread]
-        ok = v_g > 0
-        if bool(ok.any()):
-            ts.append(math.sqrt(n_g) * m_g[ok].abs() / v_g[ok].sqrt())
-            ns.append(n_g)
-    reps = _deconvolve_many(ts, ns, top, w, iters=30)[0] if ts else []
-    g_eff = len(reps)
-    sd = math.sqrt((g_eff - 1) / g_eff * sum((r - sum(reps) / g_eff) ** 2 for r in reps)) if g_eff > 1 else math.inf
-    q = _T975[g_eff - 2] if g_eff > 1 else math.inf
+        ts.append(math.sqrt(n_g) * m_g.abs() / v_g.sqrt().clamp_min(1e-300))  # s = 0 in a replicate: |t| huge
+        ns.append(n_g)
+    reps = [three(wr, n_g) for wr, n_g in zip(_deconvolve_many(ts, ns, top, w[0], 30)[1], ns)] if ts else []
+    q = _T975[len(reps) - 2] if len(reps) > 1 else math.inf
+    sd_lo, sd_hi = _jackknife_sd([r[1] for r in reps]), _jackknife_sd([r[2] for r in reps])
     out["snr"] = est
-    out["snr_lo"] = max(0.0, est - q * sd - BIAS_UP / math.sqrt(n))
-    out["snr_hi"] = est + q * sd + BIAS_DOWN / math.sqrt(n)
+    out["snr_lo"] = max(0.0, lo - q * sd_lo - BIAS_UP / math.sqrt(n)) if lo > 0 else 0.0
+    out["snr_hi"] = hi + q * sd_hi + BIAS_DOWN / math.sqrt(n)
     return out

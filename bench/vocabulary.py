@@ -32,7 +32,7 @@ ARROWS = {HIGHER: "↑", LOWER: "↓", NEITHER: ""}
 
 # Per-group statistics of a gradient measurement (``bench.metrics.gradient_stats``, ``bench.snr``);
 # ``tests/test_vocabulary.py`` checks they are ``bench.metrics.GRADIENT_STATS``.
-GRADIENT_STATS = ("var", "snr", "snr_lo", "snr_hi", "snr_floor", "snr_ratio")
+GRADIENT_STATS = ("var", "snr", "snr_lo", "snr_hi", "snr_floor", "snr_ratio", "snr_det", "snr_dropped")
 GRADIENT_GROUPS = ("encoder", "decoder", "objective")
 
 # what each placeholder of a name may stand for (a regular expression)
@@ -225,6 +225,8 @@ metric("grad/<group>_snr_lo", "SNR 95% lower", "", HIGHER, 3, WHEN_GRAD, skip="g
 metric("grad/<group>_snr_hi", "SNR 95% upper", "", HIGHER, 3, WHEN_GRAD, skip="grad")
 metric("grad/<group>_snr_floor", "plug-in SNR floor", "", NEITHER, 3, WHEN_GRAD, skip="grad")
 metric("grad/<group>_snr_ratio", "squared-SNR ratio", "", HIGHER, 4, WHEN_GRAD, skip="grad")
+metric("grad/<group>_snr_det", "deterministic share", "", NEITHER, 3, WHEN_GRAD, skip="grad")
+metric("grad/<group>_snr_dropped", "dropped share", "", NEITHER, 3, WHEN_GRAD, skip="grad")
 metric("grad/<group>_var", "gradient variance", "", LOWER, 6, WHEN_GRAD, skip="grad")
 # ... and of every objective in grad_objectives x grad_ks: read as the entry of its tail
 metric("grad/<objective>/k<k>/<group>_<stat>", "gradient statistic", "", NEITHER, 3, WHEN_GRAD, skip="grad",
