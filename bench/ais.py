@@ -89,9 +89,9 @@ def _energy(model: nn.Module, x: Tensor, z: Tensor, beta: float) -> tuple[Tensor
     return log_lik.detach(), u.detach(), grad
 
 
-def _hmc(model: nn.Module, x: Tensor, z: Tensor, beta: float, eps: Tensor, leapfrog: int) -> tuple[Tensor, Tensor]:
-    """One HMC transition at ``beta`` for chains ``z [C, b, L]`` with step sizes ``eps [b]``:
-    ``(new z, acceptance probability [C, b])``."""
+def _hmc(model: nn.Module, x: Tensor, z: Tensor, beta: float, eps: Tensor, leapfrog: int) -> Tensor:
+    """One HMC transition at ``beta`` for chains ``z [C, b, L]`` with step sizes ``eps [b]``, in
+    place (``z`` becomes the new state): the acceptance probability ``[C, b]``."""
     _, u0, g = _energy(model, x, z, beta)
     e = (eps * (1 + JITTER * (2 * torch.rand(z.shape[:-1], dtype=z.dtype, device=z.device) - 1)))[..., None]
     v0 = torch.randn_like(z)
@@ -105,7 +105,8 @@ def _hmc(model: nn.Module, x: Tensor, z: Tensor, beta: float, eps: Tensor, leapf
     log_accept = torch.where(torch.isfinite(log_accept), log_accept, torch.full_like(log_accept, -math.inf))
     prob = log_accept.clamp_max(0).exp()
     accept = torch.rand_like(prob) < prob
-    return torch.where(accept[..., None], zp, z), prob
+    torch.where(accept[..., None], zp, z, out=z)
+    return prob
 
 
 @torch.no_grad()
@@ -130,22 +131,32 @@ def anneal(
     ``beta_t``, with step sizes ``fixed_eps[t - 1]`` if given (BDMC's reverse pass reuses the
     forward pass's, flipped), else ``eps [b]`` adapted on the last ``pilot_chains`` chains.
     """
+    # The chains, the step sizes and the trace are allocated once and updated in place at every
+    # step (``z`` and ``eps`` are copied first: the caller's are left alone), so that no small
+    # tensor made by one step outlives it among the large transient ones of the next (a list of
+    # per-step results fragmented glibc's heap in the log-weight passes: bench.metrics).
     log_w = torch.zeros(z.shape[:-1], dtype=torch.promote_types(z.dtype, torch.float32), device=z.device)
-    trace = []
+    z, eps = z.clone(), eps.clone()
+    n_trace = len(betas) - 2
+    if n_trace > 0:
+        kind = eps if fixed_eps is None else fixed_eps
+        trace = torch.empty(n_trace, *kind.shape[-1:], dtype=kind.dtype, device=kind.device)
+    else:
+        trace = torch.zeros(0, z.shape[1], dtype=z.dtype, device=z.device)
     for t in range(1, len(betas)):
         b0, b1 = float(betas[t - 1]), float(betas[t])
         log_w += (b1 - b0) * model.decode(z).log_prob(x)
         if t == len(betas) - 1:
             break
         step = eps if fixed_eps is None else fixed_eps[t - 1]
-        trace.append(step)
-        z, prob = _hmc(model, x, z, b1, step, leapfrog)
+        trace[t - 1].copy_(step)
+        prob = _hmc(model, x, z, b1, step, leapfrog)
         if fixed_eps is None and pilot_chains > 0:
             rate = prob[-pilot_chains:].mean(0)
-            eps = (eps * torch.where(rate > target_accept, 1.02, 0.98)).clamp(STEP_MIN, STEP_MAX)
+            eps.mul_(torch.where(rate > target_accept, 1.02, 0.98)).clamp_(STEP_MIN, STEP_MAX)
+        del prob
     counted = z.shape[0] - pilot_chains
-    empty = torch.zeros(0, z.shape[1], dtype=z.dtype, device=z.device)
-    return log_w[:counted], torch.stack(trace) if trace else empty
+    return log_w[:counted], trace
 
 
 def draws_per_pass(model: nn.Module, x: Tensor, chunk: int = 0) -> int:
@@ -205,16 +216,20 @@ def forward_chains(model: nn.Module, x: Tensor, s: Settings = Settings(), chunk:
         raise NotImplementedError(reason)
     chunk = draws_per_pass(model, x, chunk)
     betas = sigmoid_schedule(s.n_steps, device=x.device)
-    out, traces = [], []
+    out = traces = None  # [n_chains, B], [n_steps - 1, B]: allocated at the first batch, filled by each
     c = s.n_chains + s.pilot_chains
-    for _, xb in _batches(x, c, chunk):
+    for i, xb in _batches(x, c, chunk):
         z = model.sample_prior(c * xb.shape[0]).reshape(c, xb.shape[0], -1)
         eps = torch.full((xb.shape[0],), s.step_size, dtype=z.dtype, device=z.device)
         log_w, trace = anneal(model, xb, z, betas, eps, leapfrog=s.leapfrog, target_accept=s.target_accept,
                               pilot_chains=s.pilot_chains)
-        out.append(log_w)
-        traces.append(trace)
-    return torch.cat(out, 1), torch.cat(traces, 1)
+        if out is None:
+            out = log_w.new_empty(log_w.shape[0], x.shape[0])
+            traces = trace.new_empty(trace.shape[0], x.shape[0])
+        out[:, i : i + xb.shape[0]].copy_(log_w)
+        traces[:, i : i + xb.shape[0]].copy_(trace)
+        del z, eps, log_w, trace
+    return out, traces
 
 
 @torch.no_grad()
@@ -273,12 +288,13 @@ def bdmc(
         log_w, trace = forward_chains(model, x, settings, chunk)
         lower = _log_mean_exp(log_w)
         betas = sigmoid_schedule(n_steps, device=x.device).flip(0)
-        upper = []
+        upper = torch.empty(n, dtype=torch.promote_types(z_star.dtype, torch.float32), device=z_star.device)  # see anneal
         for i, xb in _batches(x, n_chains, chunk):
             b = xb.shape[0]
             z = z_star[i : i + b].expand(n_chains, b, -1).clone()
             fixed = trace[:, i : i + b].flip(0)
             log_w, _ = anneal(model, xb, z, betas, z.new_zeros(b), leapfrog=settings.leapfrog, pilot_chains=0,
                               fixed_eps=fixed)
-            upper.append(-_log_mean_exp(log_w))
-    return lower, torch.cat(upper)
+            torch.neg(_log_mean_exp(log_w), out=upper[i : i + b])
+            del z, fixed, log_w
+    return lower, upper
