@@ -522,7 +522,7 @@ _GRAD_CAPTION = (
 
 
 @figure("gradient_snr.png", "Encoder gradient SNR",
-        _GRAD_CAPTION + "Encoder (inference network) SNR |E g| / sd(g), bias-corrected (`bench/snr.py`), higher is "
+        _GRAD_CAPTION + "Encoder (inference network) SNR |E g| / sd(g), median over coordinates, noise removed (`bench/snr.py`), higher is "
         "better; band: its 95% interval; dashed: the plug-in estimate's noise floor at that number of draws (what "
         "|mean| / sd reads at zero signal). Several seeds: the mean, and the union of their intervals.")
 def gradient_snr(ctx: Context):
