@@ -182,7 +182,10 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           "bias-corrected, with its 95% interval; higher is better. The figures show every measured estimator "
           "against k."),
     Table("cost", "Cost",
-          "Throughput (examples/s, higher is better), training time (s) and peak memory (MB), lower is better. "
+          "Throughput (examples/s, higher is better), training time (s) and peak memory (MB), lower is better: "
+          "the run's own peak, from its start (bench.train.run resets the high-water mark there: "
+          "/proc/self/clear_refs on Linux, torch.cuda.reset_peak_memory_stats on CUDA) to its end; on CPU "
+          "the whole process's peak RSS (VmHWM), on CUDA the tensors' peak (max_memory_allocated). "
           "Timings depend on the machine and its load: compare within one report."),
 )}
 
@@ -236,6 +239,9 @@ metric("grad/<objective>/k<k>/<group>_<stat>", "gradient statistic", "", NEITHER
 metric("perf/train_examples_per_s", "train", "examples/s", HIGHER, 0, WHEN_FINAL, table="cost", summary=True)
 metric("perf/eval_examples_per_s", "eval", "examples/s", HIGHER, 0, WHEN_FINAL, table="cost")
 metric("perf/train_seconds", "train time", "s", LOWER, 2, WHEN_FINAL, table="cost")
+# perf/peak_mem_mb: the run's own peak, reset at its start (bench.metrics.reset_peak_memory) and read at
+# its end (peak_memory_mb); the evaluation passes hold their outputs preallocated, so on CPU it measures
+# the largest pass, not glibc heap fragmentation accumulated over thousands of passes
 metric("perf/peak_mem_mb", "peak mem", "MB", LOWER, 0, WHEN_FINAL, table="cost")
 metric("perf/suite_seconds", "suite time", "s", LOWER, 1, "the parent run, at the end of an invocation")
 
