@@ -167,7 +167,7 @@ def part_throughput(args) -> dict:
             per_epoch = len(x) // BATCH
             state = {"step": 0}
 
-            def block():
+            def block(model=model, step_fn=step_fn, perm=perm, state=state, cfg=cfg, per_epoch=per_epoch):
                 total = torch.zeros((), device=device)
                 for _ in range(steps):
                     i = state["step"] % per_epoch

@@ -281,7 +281,8 @@ def test_ratio_of_averages_is_unbiased():
 def test_iwae_snr_fall_with_k_is_resolved():
     """Rainforth et al. (2018) on their toy (tests/test_estimators.py, 35 encoder coordinates): with
     1,000 draws the IWAE encoder-SNR intervals for k = 1 and k = 64 do not overlap, and neither do
-    DReG's, the other way round (holds for the median headline; measured with the former mean headline for k = 1, 4, 16, 64: iwae 0.123 [0.108, 0.138], 0.047
+    DReG's, the other way round (holds for the median headline; measured with the former mean
+    headline for k = 1, 4, 16, 64: iwae 0.123 [0.108, 0.138], 0.047
     [0.013, 0.080], 0.025 [0.001, 0.049], 0.002 [0, 0.029]; dreg 0.449 [0.416, 0.483] up to 3.295
     [3.260, 3.330]). With 300 draws k = 1 and 64 can still overlap on this small group."""
     model, x = rainforth_toy()
