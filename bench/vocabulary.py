@@ -178,8 +178,9 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           "near 1 means the per-datapoint optimizer did not beat the encoder: the amortization gap is then a "
           "floor set by that optimizer, not a measurement."),
     Table("gradients", "Gradient of the training objective at the final parameters",
-          "Signal-to-noise ratio |E g| / sd(g) averaged over the parameters of the group (Rainforth et al. 2018), "
-          "bias-corrected, with its 95% interval; higher is better. The figures show every measured estimator "
+          "Signal-to-noise ratio |E g| / sd(g) of the group's parameters (Rainforth et al. 2018): the median over "
+          "its coordinates (those whose draws are equal to float32 rounding count as infinite), the sampling noise "
+          "of the n draws removed (bench/snr.py), with its 95% interval; higher is better. The figures show every measured estimator "
           "against k."),
     Table("cost", "Cost",
           "Throughput (examples/s, higher is better), training time (s) and peak memory (MB), lower is better: "

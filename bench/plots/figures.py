@@ -517,8 +517,7 @@ def _draws(df: pd.DataFrame, d: pd.DataFrame) -> str:
 _GRAD_CAPTION = (
     "One panel per variant and estimator family, each estimator labelled at its line's end, against the number "
     "of samples k per example (Rainforth et al. 2018: IWAE's inference-network SNR falls with k, DReG's does not), "
-    "measured with `grad_draws` gradient draws on a fixed batch at the run's final parameters and averaged over the "
-    "group's parameters. ")
+    "measured with `grad_draws` gradient draws on a fixed batch at the run's final parameters. ")
 
 
 @figure("gradient_snr.png", "Encoder gradient SNR",
