@@ -54,7 +54,8 @@ def cmd_server(args) -> int:
 
 def cmd_list(args) -> int:
     import variants
-    from bench import config, data, objectives
+    from bench import data, objectives
+    from bench.suite import available_suites, suite_path
 
     print("variants:")
     for name in variants.available():
@@ -69,10 +70,10 @@ def cmd_list(args) -> int:
     for name in data.available():
         print(f"  {name}")
     print("suites:")
-    for name in config.available_suites():
+    for name in available_suites():
         import tomllib
 
-        desc = tomllib.loads(config.suite_path(name).read_text()).get("description", "")
+        desc = tomllib.loads(suite_path(name).read_text()).get("description", "")
         print(f"  {name:<16} {desc}")
     return 0
 

@@ -93,7 +93,7 @@ def _die_with(driver: int) -> None:
 def pin_gpu(gpu: str | None, runs_per_gpu: int) -> None:
     """A worker's GPU: ``CUDA_VISIBLE_DEVICES`` (before CUDA is initialized, lazily, in the process)
     and ``VAEBENCH_RUNS_PER_GPU``, the number of runs sharing it, by which an evaluation sizes its
-    share of the GPU's memory (``bench.metrics.pass_bytes``)."""
+    share of the GPU's memory (``bench.passes.pass_bytes``)."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
         os.environ["VAEBENCH_RUNS_PER_GPU"] = str(runs_per_gpu)

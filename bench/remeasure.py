@@ -11,7 +11,7 @@ into the same runs.
    ``grad_objectives`` x ``grad_ks``), ``gaps`` (``gap/*``), ``log_px`` (``test/log_px``, and
    ``test/exact_log_px`` of the oracle), ``ais`` (``test/log_px_ais``, ``test/bdmc_gap``, where
    the config asks for them), ``active_units`` (``test/active_units``, per layer too). A
-   measurement the variant does not make (``bench.train.skipped_measurements``) is skipped as
+   measurement the variant does not make (``bench.config.skipped_measurements``) is skipped as
    ``bench run`` skips it. Timings (``perf/*``) and the ELBO are not re-measured.
 3. **How.** A job of kind ``"remeasure"`` (``bench.worker.Job``), so every executor runs it
    (``--jobs N`` local processes, Ray, submitit) exactly as it runs a training job. The worker
@@ -204,9 +204,9 @@ def _execute(ex, todo, uri: str, commit: str, opts: Options, say) -> int:
 
 def _done_line(p, measured: tuple[str, ...], final: dict[str, float]) -> str:
     import variants
-    from bench import train
+    from bench import config
 
-    skip = train.skipped_measurements(p.cfg, variants.get(p.cfg.variant))
+    skip = config.skipped_measurements(p.cfg, variants.get(p.cfg.variant))
     seconds = final.get("remeasure_seconds", float("nan"))
     made = [m for m in measured if m not in skip]
     return (f"re-measured {', '.join(made) or 'nothing'}"
@@ -220,7 +220,7 @@ def load_run(client, run_id: str, device: str, threads: int = 0, data_dir: str |
     its model rebuilt and loaded with the ``model.pt`` weights, in eval mode."""
     import torch
 
-    from bench import train, worker
+    from bench import config, train, worker
     from bench.config import RunConfig
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -230,7 +230,7 @@ def load_run(client, run_id: str, device: str, threads: int = 0, data_dir: str |
         cfg = dataclasses.replace(cfg, device=device, threads=threads or cfg.threads,
                                   data_dir=data_dir if data_dir else cfg.data_dir)
         ds = worker._dataset(cfg)
-        dev = train.resolve_device(cfg.device)
+        dev = config.resolve_device(cfg.device)
         model = train.build_model(cfg, ds).to(dev)
         state = torch.load(client.download_artifacts(run_id, "model.pt", tmp), map_location=dev, weights_only=True)
     model.load_state_dict(state)
@@ -244,10 +244,10 @@ def compute(model, cfg, ds, wanted: tuple[str, ...]) -> tuple[dict[str, float], 
     import torch
     from torch import nn
 
-    from bench import metrics, objectives, train
+    from bench import config, metrics, objectives, train
 
-    device = train.resolve_device(cfg.device)
-    skip = train.skipped_measurements(cfg, type(model))
+    device = config.resolve_device(cfg.device)
+    skip = config.skipped_measurements(cfg, type(model))
     test = ds.test[: cfg.test_size] if cfg.test_size else ds.test
     out: dict[str, float] = {}
     notes: list[str] = []
@@ -299,7 +299,7 @@ def execute(job, progress=None):
     from mlflow.entities import Metric, RunTag
     from mlflow.tracking import MlflowClient
 
-    from bench import train
+    from bench import config
     from bench.worker import Outcome
 
     client = MlflowClient(job.uri)
@@ -313,7 +313,7 @@ def execute(job, progress=None):
     t0 = time.perf_counter()
     try:
         device = job.config.get("device", "cpu")
-        if train.resolve_device(device).type == "cpu":
+        if config.resolve_device(device).type == "cpu":
             torch.set_flush_denormal(True)  # as the training loop (bench.train.run)
         cfg, ds, model = load_run(client, job.run_id, device, job.threads, job.config.get("data_dir") or None)
         values, notes = compute(model, cfg, ds, tuple(job.measurements))

@@ -116,8 +116,9 @@ def plan(opts: Options):
     """The suite and its runs, validated, with the data each needs loaded once (on the CPU: the
     workers load their own copy where they run)."""
     from bench import config, data, train
+    from bench.suite import load_suite
 
-    suite = config.load_suite(opts.suite, config.parse_overrides(opts.set or []))
+    suite = load_suite(opts.suite, config.parse_overrides(opts.set or []))
     if not suite.runs:
         raise BenchError(f"suite {suite.name!r} has no runs after the overrides")
     loaded: dict[tuple, data.Dataset] = {}
@@ -237,7 +238,7 @@ class Invocation:
     def claim(self) -> None:
         """Sweep dead runs, decide every key, create the parent and the children (see the module
         docstring); under the store's lock, so concurrent invocations decide one after another."""
-        from bench.train import resolve_device
+        from bench.config import resolve_device
 
         with tracking.store_lock(self.uri):
             t = self.tracker = tracking.Tracker(self.uri, self.suite.name)
@@ -322,10 +323,10 @@ class Invocation:
 
     def _create(self, p: Planned) -> None:
         import variants
-        from bench import train
+        from bench import config
 
         t = self.tracker
-        skipped = train.skipped_measurements(p.cfg, variants.get(p.cfg.variant))  # the reasons, as tags
+        skipped = config.skipped_measurements(p.cfg, variants.get(p.cfg.variant))  # the reasons, as tags
         tags = self.common_tags | self._child_tags(p) | {f"vaebench.skipped.{m}": why for m, why in skipped.items()}
         p.run_id = t.start_child(p.name, tags, p.params)
         t.client.update_run(p.run_id, status="SCHEDULED")

@@ -129,13 +129,13 @@ _DATA: dict[tuple, object] = {}  # datasets kept by a long-lived worker process 
 
 
 def _dataset(cfg):
-    from bench import data, train
+    from bench import config, data
 
     key = (cfg.dataset, cfg.binarization, cfg.data_dir, cfg.device, cfg.val_size)
     if key not in _DATA:
         _DATA.clear()  # one at a time: a worker moving to another dataset frees the last
         _DATA[key] = data.load(cfg.dataset, binarization=cfg.binarization, data_dir=cfg.data_dir,
-                               device=train.resolve_device(cfg.device), n_val=cfg.val_size or None)
+                               device=config.resolve_device(cfg.device), n_val=cfg.val_size or None)
     return _DATA[key]
 
 
@@ -149,7 +149,7 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
     import torch
     from mlflow.tracking import MlflowClient
 
-    from bench import tracking, train
+    from bench import config, tracking, train
     from bench.checkpoint import ArtifactCheckpoints
     from bench.config import RunConfig
 
@@ -160,7 +160,7 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
     if job.threads:
         torch.set_num_threads(job.threads)
     cfg = RunConfig(**job.config)
-    device = train.resolve_device(cfg.device)
+    device = config.resolve_device(cfg.device)
     client.log_batch(job.run_id, tags=_tags(tracking.lease_tags() | {"device_name": tracking.device_name(device)}))
 
     checkpoints = ArtifactCheckpoints(client, job.run_id)

@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench import cli, train
+from bench.suite import available_suites, load_suite
 from tests.conftest import TINY, run_cli
 
 FINAL = [
@@ -186,10 +187,9 @@ def test_list_names_everything(capsys):
 
 
 def test_every_shipped_suite_expands_to_valid_runs():
-    from bench import config
 
-    for name in config.available_suites():
-        suite = config.load_suite(name)
+    for name in available_suites():
+        suite = load_suite(name)
         assert suite.runs and suite.description, name
 
 

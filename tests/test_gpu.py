@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import variants
-from bench import executors, metrics, objectives, runner, train
+from bench import executors, metrics, objectives, passes, runner
+from bench import step as steps
 from bench.config import RunConfig
 
 
@@ -19,7 +20,7 @@ def test_runs_per_gpu_8_plans_8_concurrent_runs_on_one_gpu(monkeypatch):
     """8 seeds of one config, ``--jobs auto --runs-per-gpu 8`` on a machine with one (mocked) GPU:
     8 worker slots, all on GPU 0, every run on ``cuda``; a worker's environment pins it to its GPU
     and says that 8 runs share it (``VAEBENCH_RUNS_PER_GPU``, by which its evaluations size their
-    memory, ``bench.metrics.pass_bytes``)."""
+    memory, ``bench.passes.pass_bytes``)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -54,8 +55,8 @@ def _trajectory(mode: str, variant: str, objective: str, seed: int = 1, steps: i
     x = (torch.rand(48, 64, device=DEV) > 0.5).float()
     warm = objectives.spec(objective).warmup
     cfg = RunConfig(variant=variant, objective=objective, k=2, step_mode=mode, device="cuda")
-    opt = train.make_optimizer(model.parameters(), cfg, DEV)
-    step = train.make_step(cfg, model, objectives.build(objective), opt, None, DEV)
+    opt = steps.make_optimizer(model.parameters(), cfg, DEV)
+    step = steps.make_step(cfg, model, objectives.build(objective), opt, None, DEV)
     torch.manual_seed(seed)
     bounds = []
     for i in range(steps):
@@ -86,14 +87,14 @@ def test_an_eager_step_does_not_synchronize_with_the_device(variant, objective):
     model = variants.build(variant, x_shape=(64,), latent_dim=4, hidden=(32,)).to(DEV)
     x = (torch.rand(32, 64, device=DEV) > 0.5).float()
     cfg = RunConfig(variant=variant, objective=objective, k=2, device="cuda")
-    opt = train.make_optimizer(model.parameters(), cfg, DEV)
+    opt = steps.make_optimizer(model.parameters(), cfg, DEV)
     obj = objectives.build(objective)
-    train.train_step(model, obj, opt, x, 2)
+    steps.train_step(model, obj, opt, x, 2)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
-            train.train_step(model, obj, opt, x, 2)
+            steps.train_step(model, obj, opt, x, 2)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -111,6 +112,6 @@ def test_the_default_chunk_fits_the_gpus_free_memory():
     model = variants.build("vanilla", x_shape=(784,), latent_dim=32, hidden=(512, 512), activation="relu").to(DEV).eval()
     x = (torch.rand(8, 784, device=DEV) > 0.5).float()
     chunk = metrics.log_weight_chunk(model, x)
-    assert 1 <= chunk <= metrics.pass_bytes(DEV) // (4 * 784)  # a log-weight holds at least its 784 logits
+    assert 1 <= chunk <= passes.pass_bytes(DEV) // (4 * 784)  # a log-weight holds at least its 784 logits
     ll = metrics.log_likelihood(model, x, k=1000)
     assert ll.shape == (8,) and bool(torch.isfinite(ll).all())

@@ -13,6 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from bench import cli, config, data, metrics, objectives, remeasure, tracking, train
+from bench.suite import load_suite
 from tests.conftest import TINY
 from tests.runs import children
 
@@ -26,7 +27,7 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, int, float]]:
 def _reloaded(client, run) -> tuple:
     """The run's suite config, its dataset and its model with the stored final weights, rebuilt
     here without bench.remeasure."""
-    cfg = next(r for r in config.load_suite(str(TINY), config.parse_overrides(["variants=vanilla,iwae", "epochs=1"])).runs
+    cfg = next(r for r in load_suite(str(TINY), config.parse_overrides(["variants=vanilla,iwae", "epochs=1"])).runs
                if r.run_name == run.info.run_name)
     cfg.device = "cpu"
     ds = data.load(cfg.dataset, binarization=cfg.binarization, data_dir=cfg.data_dir, device="cpu")

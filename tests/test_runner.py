@@ -20,9 +20,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from bench import checkpoint, cli, config, data, executors, runner, tracking, train
+from bench import checkpoint, cli, data, executors, runner, tracking, train
 from bench.config import RunConfig
 from bench.progress import SuiteProgress
+from bench.suite import available_suites, load_suite
 from bench.worker import RunLogger
 from tests.conftest import ROOT, TINY
 from tests.runs import (
@@ -67,8 +68,8 @@ def test_run_key_known_answer_and_what_enters_it():
 
 
 def test_every_shipped_suite_has_one_run_per_key():
-    for name in config.available_suites():
-        keys = [runner.run_key(r, "cpu") for r in config.load_suite(name).runs]
+    for name in available_suites():
+        keys = [runner.run_key(r, "cpu") for r in load_suite(name).runs]
         assert len(set(keys)) == len(keys), name
 
 
@@ -337,7 +338,7 @@ def test_finished_runs_are_reused_and_fresh_recomputes(store, capsys):
     assert sorted(fresh) == sorted(first)
     # a FINISHED run of another commit is not reused (a new commit means new numbers)
     client = MlflowClient(store)
-    vanilla = next(p for p in config.load_suite(str(TINY)).runs if p.variant == "vanilla")
+    vanilla = next(p for p in load_suite(str(TINY)).runs if p.variant == "vanilla")
     for r in runs:
         if r.info.run_name == vanilla.run_name:
             client.set_tag(r.info.run_id, "git_commit", "another-commit")

@@ -44,7 +44,7 @@ class Context:
     df: pd.DataFrame  # bench.plots.store.load_runs
     tracking_uri: str
     notes: list[str]  # append a line when a figure cannot be drawn, or leaves something out
-    published: object | None = None  # bench.config.Published
+    published: object | None = None  # bench.suite.Published
     pub: pd.DataFrame | None = None  # bench.plots.published.published_frame
     _client: object = field(default=None, repr=False)
 

@@ -120,7 +120,7 @@ def values(df: pd.DataFrame, name: str) -> pd.Series:
 
 def skipped(df: pd.DataFrame, name: str) -> pd.Series:
     """Runs that skipped ``name`` by design: the tag ``vaebench.skipped.<measurement>`` the driver
-    sets (``bench.train.skipped_measurements``), the measurement named by the vocabulary."""
+    sets (``bench.config.skipped_measurements``), the measurement named by the vocabulary."""
     m = vocabulary.lookup(name)
     col = f"tags.vaebench.skipped.{m.skip}" if m is not None and m.skip else None
     return df[col].notna() if col in df else pd.Series(False, index=df.index)
