@@ -1,6 +1,6 @@
 """Command line: ``python -m bench {run,list,plots,compare,ui,server,data}``, a parser and a dispatch;
-each subcommand's work lives in its module (``bench.runner``, ``bench.plots``, ``bench.compare``,
-``bench.ui``, ``bench.server``).
+each subcommand's work lives in its module (``bench.run.runner``, ``bench.plots``, ``bench.plots.compare``,
+``bench.store.ui``, ``bench.store.server``).
 
     python -m bench run --suite smoke [--set key=value ...] [--tracking-uri URI] [--jobs N|auto]
                         [--executor local|ray|submitit] [--ray-address ADDR] [--fresh]
@@ -16,7 +16,7 @@ A user mistake (unknown suite, variant or key, wrong type, missing dataset offli
 stderr and exit code 2, checked before anything is written. ``run``: exit code 0 when every run
 finished, 1 when some failed (NaN loss, a crash, a dead worker: marked FAILED, the suite goes on),
 130 when interrupted (Ctrl-C: the running runs and the parent are marked KILLED); what was logged
-stays in the store and the same command resumes (``bench.runner``).
+stays in the store and the same command resumes (``bench.run.runner``).
 """
 
 from __future__ import annotations
@@ -31,23 +31,23 @@ from bench.errors import BenchError
 
 
 def cmd_run(args) -> int:
-    from bench import runner
+    from bench.run import plan, runner
 
-    return runner.main(runner.Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(runner.Options)}))
+    return runner.main(plan.Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(plan.Options)}))
 
 
-REMEASURABLE = ("grad", "gaps", "log_px", "ais", "active_units")  # bench.remeasure.MEASUREMENTS (not imported: torch)
+REMEASURABLE = ("grad", "gaps", "log_px", "ais", "active_units")  # bench.run.remeasure_job.MEASUREMENTS (not imported: torch)
 
 
 def cmd_remeasure(args) -> int:
-    from bench import remeasure
+    from bench.run import remeasure
 
     return remeasure.main(remeasure.Options(**{f.name: getattr(args, f.name)
                                                for f in dataclasses.fields(remeasure.Options)}))
 
 
 def cmd_server(args) -> int:
-    from bench import server
+    from bench.store import server
 
     return server.serve(port=args.port, database_uri=args.database_uri, root=Path(args.root))
 
@@ -89,7 +89,8 @@ def _existing_store(uri: str) -> str:
 
 
 def cmd_plots(args) -> int:
-    from bench import plots, tracking
+    from bench import plots
+    from bench.store import tracking
 
     uri = _existing_store(tracking.resolve_tracking_uri(args.tracking_uri))
     files = plots.draw(Path(args.suite).stem, Path(args.out), uri)
@@ -98,7 +99,8 @@ def cmd_plots(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from bench import compare, tracking
+    from bench.plots import compare
+    from bench.store import tracking
 
     if len(args.refs) not in (0, 2):
         raise BenchError(f"compare takes two invocations A B (parent run ids or git commits) or none, got {len(args.refs)}")
@@ -108,7 +110,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from bench import tracking, ui
+    from bench.store import tracking, ui
 
     return ui.serve(_existing_store(tracking.resolve_tracking_uri(args.tracking_uri)), host="127.0.0.1", port=args.port)
 

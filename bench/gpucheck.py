@@ -453,7 +453,8 @@ class Check:
     def smoke(self, mode: str, limit: float) -> dict:
         from dataclasses import replace
 
-        from bench import config, runner
+        from bench import config
+        from bench.run import plan
 
         key = f"smoke_{mode.replace('-', '_')}"
         q = self.args.quick
@@ -471,7 +472,7 @@ class Check:
         # objectives that cannot run this step_mode: restricted away, with the reason recorded
         skipped_runs: dict[str, str] = {}
         try:
-            _, planned, _ = runner.plan(runner.Options(suite="smoke", set=[s for s in sets if not s.startswith("step_mode")]))
+            _, planned, _ = plan.plan(plan.Options(suite="smoke", set=[s for s in sets if not s.startswith("step_mode")]))
         except Exception as e:
             return {"status": "failed", "figures": {}, "how": how, "error": f"planning: {type(e).__name__}: {e}"}
         ok_objs = set()

@@ -270,7 +270,7 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
         log(row, epoch)
         progress(f"epoch {epoch:>3}/{cfg.epochs}  train {train_bound:9.3f}  val/elbo {val['elbo']:9.3f}  {n / dt:10,.0f} ex/s")
         if checkpoint_fn is not None:  # after the log: killed in between, the resumed run redoes
-            # this epoch and its logger drops the steps the run already has (bench.worker)
+            # this epoch and its logger drops the steps the run already has (bench.run.worker)
             state = functools.partial(checkpoint.capture, epoch, step, model, optimizer, gen, (timed_s, timed_n, train_s),
                                       objective, own_optimizer)  # called (or not) by checkpoint_fn, now
             checkpoint_fn(epoch, state)

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import variants
-from bench import executors, metrics, objectives, passes, runner
+from bench import metrics, objectives, passes
 from bench import step as steps
 from bench.config import RunConfig
+from bench.run import executors, plan
 
 
 def test_runs_per_gpu_8_plans_8_concurrent_runs_on_one_gpu(monkeypatch):
@@ -25,9 +26,9 @@ def test_runs_per_gpu_8_plans_8_concurrent_runs_on_one_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(executors, "start_fork_server", lambda: None)  # no processes: the plan only
-    opts = runner.Options(suite="smoke", set=["variants=vanilla", "seeds=0,1,2,3,4,5,6,7"], jobs="auto", runs_per_gpu=8)
-    _, planned, _ = runner.plan(opts)
-    ex = runner.make_executor(opts, planned, lambda *a: None)
+    opts = plan.Options(suite="smoke", set=["variants=vanilla", "seeds=0,1,2,3,4,5,6,7"], jobs="auto", runs_per_gpu=8)
+    _, planned, _ = plan.plan(opts)
+    ex = executors.make_executor(opts, planned, lambda *a: None)
     assert isinstance(ex, executors.LocalProcesses) and ex.capacity == 8
     assert [s.gpu for s in ex.slots] == ["0"] * 8 and ex.runs_per_gpu == 8
     assert len(planned) == 8 and {p.device for p in planned} == {"cuda"}
@@ -39,7 +40,7 @@ def test_runs_per_gpu_8_plans_8_concurrent_runs_on_one_gpu(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     opts.runs_per_gpu = 4
-    ex = runner.make_executor(opts, planned, lambda *a: None)
+    ex = executors.make_executor(opts, planned, lambda *a: None)
     assert [s.gpu for s in ex.slots] == ["0"] * 4 + ["1"] * 4
 
 

@@ -10,7 +10,7 @@ them keeps an invocation's layout in one piece).
    may have taken the run over, e.g. after the driver that queued this Slurm job died);
    re-checked at every heartbeat, and the job stops at its next epoch if it moved;
 2. the lease: the run's ``vaebench.host``/``vaebench.pid`` become this process's, refreshed by a
-   heartbeat thread (``bench.tracking``), so a later invocation can tell a live run from a dead one;
+   heartbeat thread (``bench.store.tracking``), so a later invocation can tell a live run from a dead one;
 3. the data, loaded here by name (workers may be on other nodes);
 4. the newest checkpoint of the run, if any (``bench.checkpoint``), and every (metric, step) the
    run already holds after it: a kill between logging an epoch and checkpointing it makes the
@@ -31,58 +31,17 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.run.job import STOP, Job, Outcome
+from bench.store import tracking
+from bench.store.tracking import TAG_EPOCH
 
 ProgressFn = Callable[[str, int, str], None]  # (run_id, epoch, line)
-
-
-@dataclass
-class Job:
-    """What a worker needs to execute one planned run (plain data: it is pickled to workers)."""
-
-    uri: str
-    run_id: str
-    attempt: str  # the fencing token: the run's vaebench.attempt tag when the job was handed out
-    run_key: str
-    run_name: str
-    config: dict  # RunConfig fields, the device resolved by the driver
-    threads: int
-    checkpoint_every: float = 0.0  # seconds between checkpoints; 0 = every epoch
-    kind: str = "train"  # train | remeasure (bench.remeasure: final measurements of a FINISHED run)
-    measurements: tuple[str, ...] = ()  # remeasure: which (bench.remeasure.MEASUREMENTS)
-    commit: str = ""  # remeasure: the driver's git describe, the run's vaebench.remeasured.commit
-
-
-@dataclass
-class Outcome:
-    run_id: str
-    status: str  # FINISHED | FAILED | KILLED | SUPERSEDED
-    final: dict[str, float] = field(default_factory=dict)
-    error: str = ""  # one line, also the run's "error" tag
-    traceback: str = ""  # for crashes (bugs, exhausted devices): what helps
-    resumed_from: int | None = None  # the checkpoint's epoch, when the run continued one
-    marked: bool = True  # the run's status is already set (False: the driver must set it)
-
-
-_STOP = threading.Event()
-
-
-def request_stop(*_) -> None:
-    """Stop the run in progress at its next epoch boundary (usable as a signal handler)."""
-    _STOP.set()
-
-
-def clear_stop() -> None:
-    """A new invocation in this process starts without the last one's stop request."""
-    _STOP.clear()
-
 
 class Superseded(Exception):
     """Another attempt holds the run now: stop without touching it."""
@@ -120,7 +79,7 @@ class RunLogger:
 
         self.check()
         ms, self.pending = self.pending, []
-        tag_list = [RunTag(k, v) for k, v in ({"vaebench.epoch": str(self.step)} | (tags or {})).items()]
+        tag_list = [RunTag(k, v) for k, v in ({TAG_EPOCH: str(self.step)} | (tags or {})).items()]
         for i in range(0, max(len(ms), 1), 1000):
             self.client.log_batch(self.run_id, metrics=ms[i : i + 1000], tags=tag_list if i == 0 else [])
 
@@ -128,10 +87,23 @@ class RunLogger:
 _DATA: dict[tuple, object] = {}  # datasets kept by a long-lived worker process between its runs
 
 
-def _dataset(cfg):
+def data_key(cfg, device: str) -> tuple:
+    """The key of the dataset a run of ``cfg`` reads on ``device`` (a device name)."""
+    return (cfg.dataset, cfg.binarization, cfg.data_dir, device, cfg.val_size)
+
+
+def preload(loaded: dict[tuple, object]) -> None:
+    """Datasets the driver has loaded (``bench.run.plan.plan``, keyed by :func:`data_key`), for the
+    runs it executes in its own process (``--jobs 1``)."""
+    for key, ds in loaded.items():
+        _DATA.setdefault(key, ds)
+
+
+def dataset(cfg):
+    """The dataset of ``cfg`` on its device, loaded once per worker process."""
     from bench import config, data
 
-    key = (cfg.dataset, cfg.binarization, cfg.data_dir, cfg.device, cfg.val_size)
+    key = data_key(cfg, cfg.device)
     if key not in _DATA:
         _DATA.clear()  # one at a time: a worker moving to another dataset frees the last
         _DATA[key] = data.load(cfg.dataset, binarization=cfg.binarization, data_dir=cfg.data_dir,
@@ -140,21 +112,16 @@ def _dataset(cfg):
 
 
 def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
-    """Run ``job`` to its end in this process (see the module docstring); a job of kind
-    ``"remeasure"`` re-measures a FINISHED run instead (``bench.remeasure.execute``)."""
-    if job.kind == "remeasure":
-        from bench import remeasure
-
-        return remeasure.execute(job, progress)
+    """Run the training ``job`` to its end in this process (see the module docstring)."""
     import torch
     from mlflow.tracking import MlflowClient
 
-    from bench import config, tracking, train
-    from bench.checkpoint import ArtifactCheckpoints
+    from bench import config, train
     from bench.config import RunConfig
+    from bench.store.checkpoints import ArtifactCheckpoints
 
     client = MlflowClient(job.uri)
-    if client.get_run(job.run_id).data.tags.get("vaebench.attempt") != job.attempt:
+    if client.get_run(job.run_id).data.tags.get(tracking.TAG_ATTEMPT) != job.attempt:
         return Outcome(job.run_id, "SUPERSEDED", marked=False)
     client.update_run(job.run_id, status="RUNNING")
     if job.threads:
@@ -167,7 +134,7 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
     superseded = [False]
 
     def fence(run) -> None:  # from the heartbeat thread; the loop stops at its next log or checkpoint
-        if run.data.tags.get("vaebench.attempt") != job.attempt:
+        if run.data.tags.get(tracking.TAG_ATTEMPT) != job.attempt:
             superseded[0] = True
 
     def check() -> None:
@@ -179,12 +146,12 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
     def save(epoch: int, capture) -> None:  # after every epoch's log: its metrics and checkpoint, one write
         check()
         now = time.monotonic()
-        if epoch == cfg.epochs or now - last[0] >= job.checkpoint_every or _STOP.is_set():
+        if epoch == cfg.epochs or now - last[0] >= job.checkpoint_every or STOP.is_set():
             checkpoints.save(capture(), write_tags=log.flush)
             last[0] = now
         else:
             log.flush()
-        if _STOP.is_set() and epoch < cfg.epochs:  # the epoch is stored: a safe place to stop
+        if STOP.is_set() and epoch < cfg.epochs:  # the epoch is stored: a safe place to stop
             raise KeyboardInterrupt
 
     show = (lambda line: progress(job.run_id, _epoch_of(line), line)) if progress else (lambda line: None)
@@ -199,7 +166,7 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
         state = checkpoints.latest()
         resumed = state["epoch"] if state is not None else None
         log = RunLogger(client, job.run_id, after=resumed or 0, check=check)
-        ds = _dataset(cfg)
+        ds = dataset(cfg)
         try:
             result = train.run(cfg, ds, log, show, checkpoint_fn=save, resume=state)
         except Exception:
@@ -221,7 +188,7 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
         tb = "" if isinstance(e, BenchError) else traceback.format_exc()
         if torch.cuda.is_initialized():  # after an out-of-memory error, the next run gets the memory back
             torch.cuda.empty_cache()
-        client.log_batch(job.run_id, tags=_tags({"error": error[:5000], "vaebench.end_reason": error[:5000]}))
+        client.log_batch(job.run_id, tags=_tags({"error": error[:5000], tracking.TAG_END_REASON: error[:5000]}))
         client.set_terminated(job.run_id, "FAILED")
         return Outcome(job.run_id, "FAILED", error=str(e) if isinstance(e, BenchError) else error,
                        traceback=tb, resumed_from=resumed)
@@ -229,7 +196,7 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
         try:
             if log is not None:
                 log.flush()  # what was logged before the interrupt is kept
-            client.log_batch(job.run_id, tags=_tags({"vaebench.end_reason": "interrupted (Ctrl-C or the driver's stop)"}))
+            client.log_batch(job.run_id, tags=_tags({tracking.TAG_END_REASON: "interrupted (Ctrl-C or the driver's stop)"}))
             client.set_terminated(job.run_id, "KILLED")
         except Exception:
             pass
