@@ -20,6 +20,12 @@ from bench.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
+# How and where a run executes, not what it computes (``field(metadata=PLACED)``): left out of the run
+# key (``bench.run.plan.run_key``; the device enters as its type only) and of the coordinates that
+# ``bench compare`` pairs runs by.
+PLACED = {"placement": True}
+
+
 @dataclass
 class RunConfig:
     """One child run. Metric conventions: nats per example, higher is better.
@@ -53,9 +59,9 @@ class RunConfig:
     lr: float = 1e-3
     lr_schedule: str = "constant"  # constant | burda (bench.schedules.LR_SCHEDULES)
     adam_eps: float = 1e-8  # Adam's epsilon (torch's default; Burda et al. 2016 use 1e-4)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = field(default="auto", metadata=PLACED)  # auto | cpu | cuda | cuda:N
     step_mode: str = "eager"  # eager | compile (torch.compile) | cuda-graph (CUDA only): how the training step runs
-    threads: int = 0  # torch CPU threads; 0 = leave torch's default (recorded either way)
+    threads: int = field(default=0, metadata=PLACED)  # torch CPU threads; 0 = leave torch's default (recorded either way)
     binarization: str = "dynamic"  # dynamic | static | none (continuous, Gaussian likelihood)
     train_size: int = 0  # 0 = the whole training split (a prefix otherwise: reduced suites)
     val_size: int = 0  # 0 = the dataset's validation split (MNIST: the last 10,000 training images)
@@ -80,7 +86,7 @@ class RunConfig:
     ais_steps: int = 500  # AIS intermediate distributions (sigmoid schedule), for BDMC too
     bdmc_size: int = 0  # points simulated from the model for BDMC (test/bdmc_gap); 0 = off
     gap_log_px: str = "iwae"  # iwae | max-iwae-ais: the gaps' log p(x), per example
-    data_dir: str = ""  # where downloaded / user-provided datasets live; "" = ./data
+    data_dir: str = field(default="", metadata=PLACED)  # where downloaded / user-provided datasets live; "" = ./data
     variant_options: dict = field(default_factory=dict)
     objective_options: dict = field(default_factory=dict)  # objective name -> its keyword options
 
@@ -155,6 +161,7 @@ def skipped_measurements(cfg: RunConfig, variant_cls) -> dict[str, str]:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+PLACEMENT = tuple(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("placement"))
 SETTABLE = sorted(
     k for k in FIELDS if k not in ("variant", "objective", "dataset", "seed", "variant_options", "objective_options")
 )

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from bench import ais, objectives, snr
 from bench.passes import common_random_numbers, evaluating, sized_chunk
+from bench.vocabulary import GRADIENT_STATS  # per group, see bench.snr
 
 DEFAULT_CHUNK = 2**16  # latent draws per pass of posterior_means (the active units)
 
@@ -270,7 +271,6 @@ def gaps(
 # -- gradient variance and SNR -------------------------------------------------------------------
 
 _GROUPS = ("encoder", "decoder")
-GRADIENT_STATS = ("var", "snr", "snr_lo", "snr_hi", "snr_floor", "snr_ratio", "snr_det", "snr_dropped")  # per group, see bench.snr
 
 
 def _restore(modules: list[nn.Module], saved: list[dict[str, Tensor]]) -> None:

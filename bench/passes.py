@@ -11,7 +11,6 @@ puts the caller's streams back.
 from __future__ import annotations
 
 import contextlib
-import os
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -31,21 +30,30 @@ CPU_PASS_BYTES = 32 * 2**20  # CPU: measured on a 2-core Xeon (2 MiB L2 per core
 # where the tensors no longer stay cached and every pass maps fresh pages; below 4 MiB the per-pass
 # Python overhead dominates on the small model
 CUDA_FREE_FRACTION = 0.25  # CUDA: this share of the free device memory, divided among the runs
-CUDA_PASS_MAX_BYTES = 4 * 2**30  # sharing the GPU (VAEBENCH_RUNS_PER_GPU), and at most this (unmeasured)
+CUDA_PASS_MAX_BYTES = 4 * 2**30  # sharing the GPU (set_gpu_share), and at most this (unmeasured)
 MAX_CHUNK = 2**24
 MIN_UNIT_BYTES = 64  # a floor for models whose log-weights cost (next to) nothing
+
+
+_GPU_SHARE = [1]  # runs sharing this process's GPU
+
+
+def set_gpu_share(runs: int) -> None:
+    """How many runs share this process's GPU (``--runs-per-gpu``): each evaluation pass takes
+    that share of the free memory (:func:`pass_bytes`). A worker sets it at the start of each job."""
+    _GPU_SHARE[0] = max(1, int(runs))
 
 
 def pass_bytes(device: str | torch.device) -> int:
     """The bytes one evaluation pass may allocate on ``device`` (see the constants above). On CUDA
     ``CUDA_FREE_FRACTION`` of ``torch.cuda.mem_get_info``'s free memory, divided by the number of
-    runs sharing the GPU (the environment's ``VAEBENCH_RUNS_PER_GPU``, which ``--runs-per-gpu``
-    sets in its workers; 1 if unset), at most ``CUDA_PASS_MAX_BYTES``."""
+    runs sharing the GPU (:func:`set_gpu_share`, which a worker calls with its job's share of
+    ``--runs-per-gpu``; 1 by default), at most ``CUDA_PASS_MAX_BYTES``."""
     device = torch.device(device)
     if device.type != "cuda":
         return CPU_PASS_BYTES
     free, _ = torch.cuda.mem_get_info(device)
-    share = max(1, int(os.environ.get("VAEBENCH_RUNS_PER_GPU", "1") or 1))
+    share = _GPU_SHARE[0]
     return int(min(CUDA_PASS_MAX_BYTES, CUDA_FREE_FRACTION * free / share))
 
 

@@ -45,6 +45,10 @@ LogFn = Callable[[dict[str, float], int | None], None]
 # checkpoint(epoch, state): called after every epoch is logged; ``state()`` builds the checkpoint
 # (bench.checkpoint.capture), so a hook that skips an epoch pays nothing for it
 CheckpointFn = Callable[[int, Callable[[], dict]], None]
+# on_epoch(epoch, row): after each epoch's log, with the epoch's logged values (the progress display
+# formats them, bench.run.progress); on_epoch(FINAL, final) after the final evaluation
+EpochFn = Callable[[int, dict[str, float]], None]
+FINAL = -1
 
 
 def sync(device: torch.device) -> None:
@@ -200,7 +204,7 @@ def evaluate_ais(
     return out, gap_px
 
 
-def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], None] = lambda s: None,
+def run(cfg: RunConfig, data: Dataset, log: LogFn, on_epoch: EpochFn | None = None,
         checkpoint_fn: CheckpointFn | None = None, resume: dict | None = None) -> RunResult:
     """Train and evaluate one run. ``resume``: a checkpoint of this run (``bench.checkpoint``);
     training continues after its epoch with every generator where it was, so the numbers are
@@ -268,7 +272,8 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
         if epoch < cfg.epochs:
             row.update(measure(model, cfg, data, grad_x, epoch, final=False, objective=objective))
         log(row, epoch)
-        progress(f"epoch {epoch:>3}/{cfg.epochs}  train {train_bound:9.3f}  val/elbo {val['elbo']:9.3f}  {n / dt:10,.0f} ex/s")
+        if on_epoch is not None:
+            on_epoch(epoch, row)
         if checkpoint_fn is not None:  # after the log: killed in between, the resumed run redoes
             # this epoch and its logger drops the steps the run already has (bench.run.worker)
             state = functools.partial(checkpoint.capture, epoch, step, model, optimizer, gen, (timed_s, timed_n, train_s),
@@ -315,6 +320,6 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
     log(final, cfg.epochs)
     if bad:
         raise NonFiniteLoss(f"run {cfg.run_name}: non-finite final metric(s) {', '.join(bad)}")
-    log_px_msg = f"test/log_px {final['test/log_px']:.3f}" if "test/log_px" in final else "test/log_px skipped"
-    progress(f"test/elbo {final['test/elbo']:.3f}  {log_px_msg}  ({len(test) / eval_s:,.0f} eval ex/s)")
+    if on_epoch is not None:
+        on_epoch(FINAL, final)
     return RunResult(model=model, final=final, history=history)

@@ -84,11 +84,11 @@ def test_the_default_chunk_of_a_784_pixel_model_is_bytes_not_a_count():
 
 def test_on_cuda_a_pass_takes_a_share_of_the_free_memory(monkeypatch):
     """Mocked GPU: a quarter of the free memory divided among the runs sharing the GPU
-    (``VAEBENCH_RUNS_PER_GPU``, which ``--runs-per-gpu`` sets in its workers), at most 4 GiB."""
+    (``passes.set_gpu_share``, which a worker calls with its job's share), at most 4 GiB."""
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (64 * 2**30, 80 * 2**30))
-    monkeypatch.delenv("VAEBENCH_RUNS_PER_GPU", raising=False)
+    monkeypatch.setattr(passes, "_GPU_SHARE", [1])
     assert passes.pass_bytes("cuda") == passes.CUDA_PASS_MAX_BYTES  # 16 GiB, capped
-    monkeypatch.setenv("VAEBENCH_RUNS_PER_GPU", "8")
+    passes.set_gpu_share(8)
     assert passes.pass_bytes("cuda") == 2 * 2**30  # 64 GiB / 4 / 8
     assert passes.pass_bytes("cpu") == passes.CPU_PASS_BYTES
 

@@ -20,7 +20,7 @@ from bench.run import executors, plan
 def test_runs_per_gpu_8_plans_8_concurrent_runs_on_one_gpu(monkeypatch):
     """8 seeds of one config, ``--jobs auto --runs-per-gpu 8`` on a machine with one (mocked) GPU:
     8 worker slots, all on GPU 0, every run on ``cuda``; a worker's environment pins it to its GPU
-    and says that 8 runs share it (``VAEBENCH_RUNS_PER_GPU``, by which its evaluations size their
+    and its jobs say that 8 runs share it (``Job.gpu_share``, by which its evaluations size their
     memory, ``bench.passes.pass_bytes``)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -33,9 +33,8 @@ def test_runs_per_gpu_8_plans_8_concurrent_runs_on_one_gpu(monkeypatch):
     assert [s.gpu for s in ex.slots] == ["0"] * 8 and ex.runs_per_gpu == 8
     assert len(planned) == 8 and {p.device for p in planned} == {"cuda"}
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored after the test
-    monkeypatch.setenv("VAEBENCH_RUNS_PER_GPU", "")
-    executors.pin_gpu(ex.slots[3].gpu, ex.runs_per_gpu)
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0" and os.environ["VAEBENCH_RUNS_PER_GPU"] == "8"
+    executors.pin_gpu(ex.slots[3].gpu)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     # with --runs-per-gpu 4 on two GPUs: 4 on each
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -24,7 +24,7 @@ from bench import cli, data, train
 from bench.config import RunConfig
 from bench.errors import ConfigError
 from bench.run import executors, plan
-from bench.run.progress import SuiteProgress
+from bench.run.progress import SuiteProgress, run_line
 from bench.run.worker import RunLogger
 from bench.store import checkpoints, tracking
 from bench.suite import available_suites, load_suite
@@ -164,7 +164,7 @@ def test_sample_grids_layout(tmp_path):
     """Three 2x2 images of values 0, 1/4 and 1 in rows of 2, padding 1 of 0.5: known pixels."""
     from PIL import Image
 
-    from bench.run.worker import save_grid
+    from bench.plots.curves import save_grid
 
     images = torch.stack([torch.full((1, 2, 2), v) for v in (0.0, 0.25, 1.0)])
     save_grid(images, tmp_path / "g.png", nrow=2, padding=1, pad_value=0.5)
@@ -233,7 +233,7 @@ def test_a_worker_whose_attempt_was_superseded_leaves_the_run_alone(store):
     run_id = client.create_run(client.create_experiment("t"), tags={"vaebench.attempt": "newer"}).info.run_id
     client.update_run(run_id, status="SCHEDULED")
     job = Job(uri=store, run_id=run_id, attempt="older", run_key="k", run_name="n",
-              config=dataclasses.asdict(RunConfig(device="cpu")), threads=1)
+              cfg=RunConfig(device="cpu"), threads=1)
     assert execute(job).status == "SUPERSEDED"
     run = client.get_run(run_id)
     assert run.info.status == "SCHEDULED" and not run.data.metrics and "vaebench.pid" not in run.data.tags
@@ -279,7 +279,7 @@ def test_progress_lines(monkeypatch):
     pr.start("a", "[1/3] a", 30)
     clock[0] += 30
     for e in range(1, 7):
-        pr.update("a", e, f"epoch {e:>3}/30")
+        pr.update("a", e)  # a remote worker: the epoch only
     # 6 of 60 epochs in 30 s: 54 to go take 270 s
     assert pr.suite_line() == "suite tiny: 0 done, 1 running, 0 failed, 1 to go, 1 reused; elapsed 0:30, ETA 4:30"
     pr.finish("a", True, "[1/3] a finished")
@@ -293,7 +293,11 @@ def test_progress_lines(monkeypatch):
     pr = SuiteProgress("tiny", to_run=1, reused=0, stream=tty, tty=True)
     pr.plan_epochs(4)
     pr.start("b", "[1/1] b", 4)
-    pr.update("b", 2, "epoch   2/4  val/elbo -3.0")
+    row = {"train/loss": 3.25, "val/elbo": -3.0, "train/examples_per_s": 12345.6}
+    assert run_line(2, 4, row) == "epoch   2/4  train    -3.250  val/elbo    -3.000      12,346 ex/s"
+    assert run_line(-1, 4, {"test/elbo": -3.5, "perf/eval_examples_per_s": 2e4}) == (
+        "test/elbo -3.500  test/log_px skipped  (20,000 eval ex/s)")
+    pr.update("b", 2, row)
     pr.finish("b", True, "[1/1] b finished")
     screen = tty.getvalue()
     assert "\x1b[2F\x1b[J" in screen  # the live block (suite line + one run) is redrawn in place

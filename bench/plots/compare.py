@@ -46,14 +46,15 @@ from pathlib import Path
 import pandas as pd
 
 from bench import vocabulary
+from bench.config import PLACEMENT
 from bench.errors import BenchError
 from bench.store import tracking
 
 USED = ("ran", "resumed", "reused")  # outcomes whose run holds final numbers
 ALPHA = 0.05
-# RunConfig fields that say how or where a run ran, not what it computes; and the params the
-# planner derives from the data (they vary with the dataset, never on their own)
-NOT_COORDINATES = {"threads", "device", "data_dir", "likelihood", "train_examples", "test_examples", "data_source"}
+# RunConfig fields that say how or where a run ran, not what it computes (bench.config.PLACEMENT); and
+# the params the planner derives from the data (they vary with the dataset, never on their own)
+NOT_COORDINATES = {*PLACEMENT, "likelihood", "train_examples", "test_examples", "data_source"}
 
 
 @dataclass

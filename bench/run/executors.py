@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -101,21 +102,18 @@ def _die_with(driver: int) -> None:
         os._exit(1)
 
 
-def pin_gpu(gpu: str | None, runs_per_gpu: int) -> None:
-    """A worker's GPU: ``CUDA_VISIBLE_DEVICES`` (before CUDA is initialized, lazily, in the process)
-    and ``VAEBENCH_RUNS_PER_GPU``, the number of runs sharing it, by which an evaluation sizes its
-    share of the GPU's memory (``bench.passes.pass_bytes``)."""
+def pin_gpu(gpu: str | None) -> None:
+    """A worker's GPU: ``CUDA_VISIBLE_DEVICES`` (before CUDA is initialized, lazily, in the process)."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-        os.environ["VAEBENCH_RUNS_PER_GPU"] = str(runs_per_gpu)
 
 
-def _serve(conn, parent: int, gpu: str | None, runs_per_gpu: int = 1) -> None:
+def _serve(conn, parent: int, gpu: str | None) -> None:
     """A worker process: execute jobs from ``conn`` until None; progress and outcomes back."""
     _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the driver, which stops us
     signal.signal(signal.SIGTERM, request_stop)  # ... with SIGTERM: the run stops after its epoch, KILLED
-    pin_gpu(gpu, runs_per_gpu)
+    pin_gpu(gpu)
     while True:
         try:
             job = conn.recv()
@@ -124,9 +122,9 @@ def _serve(conn, parent: int, gpu: str | None, runs_per_gpu: int = 1) -> None:
         if job is None:
             return
 
-        def progress(run_id: str, epoch: int, line: str) -> None:
+        def progress(run_id: str, epoch: int, row: dict) -> None:
             try:
-                conn.send(("progress", run_id, epoch, line))
+                conn.send(("progress", run_id, epoch, row))
             except OSError:  # the driver is gone: end here, leaving the run for the next invocation
                 os._exit(1)
 
@@ -183,7 +181,7 @@ class LocalProcesses:
 
     def _start(self, slot: _Slot) -> None:
         mine, theirs = self.ctx.Pipe()
-        slot.proc = self.ctx.Process(target=_serve, args=(theirs, os.getpid(), slot.gpu, self.runs_per_gpu), daemon=True)
+        slot.proc = self.ctx.Process(target=_serve, args=(theirs, os.getpid(), slot.gpu), daemon=True)
         slot.proc.start()
         theirs.close()
         slot.conn = mine
@@ -192,6 +190,8 @@ class LocalProcesses:
         slot = next(s for s in self.slots if s.job is None)
         if slot.proc is None or not slot.proc.is_alive():
             self._start(slot)
+        if slot.gpu is not None:  # pinned: the runs on its GPU share its memory
+            job = dataclasses.replace(job, gpu_share=self.runs_per_gpu)
         slot.job = job
         slot.conn.send(job)
         return None
@@ -265,11 +265,6 @@ class LocalProcesses:
 
 # -- Ray ---------------------------------------------------------------------------------------
 def _ray_execute(job: Job) -> Outcome:
-    import ray
-
-    gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
-    if 0 < gpus < 1:  # a fractional GPU (--runs-per-gpu): the runs sharing it, for the evaluations' memory
-        os.environ["VAEBENCH_RUNS_PER_GPU"] = str(round(1 / gpus))
     return execute(job)
 
 
@@ -304,6 +299,8 @@ class RayTasks:
         return int(self.ray.cluster_resources().get("GPU", 0))
 
     def submit(self, job: Job, cpus: int, gpus: float) -> str | None:
+        if 0 < gpus < 1:  # a fractional GPU (--runs-per-gpu): the runs sharing it, for the evaluations' memory
+            job = dataclasses.replace(job, gpu_share=round(1 / gpus))
         ref = self.remote_fn.options(num_cpus=cpus, num_gpus=gpus, name=job.run_name).remote(job)
         self.refs[ref] = job
         return None
@@ -361,11 +358,13 @@ class SubmititTask:
 
 @dataclass
 class SlurmOptions:
-    folder: str = "submitit"  # job scripts and logs
-    partition: str = ""
-    time_min: int = 60
-    gpus_per_run: int = 0
-    mem_gb: float = 0.0
+    """The Slurm flags of ``bench.run.plan.Options`` (their defaults are declared there)."""
+
+    folder: str  # job scripts and logs
+    partition: str
+    time_min: int
+    gpus_per_run: int
+    mem_gb: float
     max_requeues: int = 3
 
 

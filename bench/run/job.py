@@ -6,6 +6,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from bench.config import RunConfig
+
+MEASUREMENTS = ("grad", "gaps", "log_px", "ais", "active_units")  # what a remeasure job can recompute
+
 
 @dataclass
 class Job:
@@ -16,9 +20,10 @@ class Job:
     attempt: str  # the fencing token: the run's vaebench.attempt tag when the job was handed out
     run_key: str
     run_name: str
-    config: dict  # RunConfig fields, the device resolved by the driver
+    cfg: RunConfig  # the run's configuration, its device resolved by the driver (remeasure: device and data_dir)
     threads: int
     checkpoint_every: float = 0.0  # seconds between checkpoints; 0 = every epoch
+    gpu_share: int = 1  # runs sharing this run's GPU (--runs-per-gpu): its evaluations' share of the memory
     kind: str = "train"  # train | remeasure (bench.run.remeasure: final measurements of a FINISHED run)
     measurements: tuple[str, ...] = ()  # remeasure: which (bench.run.remeasure_job.MEASUREMENTS)
     commit: str = ""  # remeasure: the driver's git describe, the run's vaebench.remeasured.commit

@@ -18,16 +18,17 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from bench.config import RunConfig
+from bench.config import PLACEMENT, RunConfig
 from bench.errors import BenchError, ConfigError
+from bench.run.job import MEASUREMENTS
 
 KEY_VERSION = 1
-# The key hashes the RunConfig fields that say what a run computes. Left out: threads (CPU threads),
-# data_dir (where the files are read from) and device, which enters as its type only ("cpu" or
-# "cuda": the same run on cuda:0 or cuda:1 is the same computation); and every field at its
-# default value, so that a field added later (with a default that keeps the old behaviour) leaves
-# every existing key as it was.
-NOT_IN_KEY = ("threads", "data_dir", "device")
+# The key hashes the RunConfig fields that say what a run computes. Left out: the placement fields
+# (``bench.config.PLACEMENT``: threads, device, data_dir), the device entering as its type only
+# ("cpu" or "cuda": the same run on cuda:0 or cuda:1 is the same computation); and every field at
+# its default value, so that a field added later (with a default that keeps the old behaviour)
+# leaves every existing key as it was.
+NOT_IN_KEY = PLACEMENT
 KEY_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in NOT_IN_KEY)
 _DEFAULTS = RunConfig()
 
@@ -41,25 +42,49 @@ def run_key(cfg: RunConfig, device: str) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
 
 
+SLURM = "submitit (Slurm)"  # the flags' group in the help
+
+
+def _flag(default, help: str, **argparse_options):
+    """An options field that is also a command-line flag (``bench.cli`` builds the parser from the
+    fields: ``--<name>``, the field's default and type, ``help`` with ``%(default)s``, and
+    ``metavar``, ``choices`` or ``group``): each default is declared here, once."""
+    return field(default=default, metadata={"help": help, **argparse_options})
+
+
 @dataclass
 class Options:
-    """What ``python -m bench run`` was asked (the CLI's flags)."""
+    """What ``python -m bench run`` was asked (the CLI's flags, one per field)."""
 
-    suite: str = "smoke"
-    set: list[str] = field(default_factory=list)
-    tracking_uri: str | None = None
-    data_dir: str | None = None
-    jobs: str = "1"  # N or "auto"
-    executor: str = "local"  # local | ray | submitit
-    ray_address: str | None = None
-    runs_per_gpu: int = 1
-    fresh: bool = False
-    checkpoint_every: float = 0.0  # seconds; 0 = every epoch
-    slurm_partition: str = ""
-    slurm_time: int = 60  # minutes per job (submitit requeues a job that runs out of it)
-    slurm_gpus: int = 0  # GPUs per run
-    slurm_mem_gb: float = 0.0
-    slurm_folder: str = "submitit"
+    suite: str = _flag("smoke", "suite name (bench/suites/NAME.toml) or path to a TOML file")
+    set: list[str] = field(default_factory=list, metadata={"help": "override a run-config key (repeatable)",
+                                                           "metavar": "KEY=VALUE"})
+    tracking_uri: str | None = _flag(None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
+    data_dir: str | None = _flag(None, "where datasets are read from / downloaded to (default ./data)")
+    jobs: str = _flag("1", "runs at once (default %(default)s, in this process); auto: cores // threads on CPU, the visible "
+                      "GPUs x --runs-per-gpu on CUDA, as many as the cluster takes with ray/submitit", metavar="N|auto")
+    executor: str = _flag("local", "local processes (default), Ray tasks, or Slurm jobs through submitit",
+                          choices=("local", "ray", "submitit"))
+    ray_address: str | None = _flag(None, "a running Ray cluster (ray://host:10001, or auto); default: a local one")
+    runs_per_gpu: int = _flag(1, "runs sharing one GPU (local and ray)", metavar="M")
+    fresh: bool = _flag(False, "recompute every run, even those already FINISHED")
+    checkpoint_every: float = _flag(0.0, "at most one checkpoint per SECONDS (default %(default)g: after every epoch)",
+                                    metavar="SECONDS")
+    slurm_partition: str = _flag("", "partition to submit to", group=SLURM)
+    slurm_time: int = _flag(60, "time limit per job; a job that reaches it is requeued and resumes (default %(default)s)",
+                            metavar="MINUTES", group=SLURM)
+    slurm_gpus: int = _flag(0, "GPUs per run (default %(default)s: CPU)", metavar="N", group=SLURM)
+    slurm_mem_gb: float = _flag(0.0, "memory per job (default: the partition's)", group=SLURM)
+    slurm_folder: str = _flag("submitit", "job scripts and logs (default ./%(default)s)", group=SLURM)
+
+
+@dataclass
+class RemeasureOptions(Options):
+    """What ``python -m bench remeasure`` was asked: ``bench run``'s flags and ``--measurements``."""
+
+    fresh: bool = _flag(False, "re-measure every run, even those already re-measured at this commit")
+    measurements: str = _flag(",".join(MEASUREMENTS), f"comma-separated, from {', '.join(MEASUREMENTS)} (default: "
+                              "all); those a variant does not make are skipped as `run` skips them", metavar="M,M,...")
 
 
 @dataclass

@@ -40,25 +40,18 @@ mistake (unknown suite, measurement or key; no store, or no FINISHED run of the 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import BenchError
 from bench.run import plan as planning
 from bench.run import worker
 from bench.run.executors import make_executor, start_fork_server
-from bench.run.job import Job, clear_stop
-from bench.run.remeasure_job import MEASUREMENTS, already
+from bench.run.job import MEASUREMENTS, Job, clear_stop
+from bench.run.remeasure_job import already
 from bench.store import tracking
-
-
-@dataclass
-class Options(planning.Options):
-    """What ``python -m bench remeasure`` was asked: ``bench run``'s flags and ``--measurements``."""
-
-    measurements: str = ",".join(MEASUREMENTS)
 
 
 def parse_measurements(text: str) -> tuple[str, ...]:
@@ -71,7 +64,7 @@ def parse_measurements(text: str) -> tuple[str, ...]:
 
 
 # -- the driver ------------------------------------------------------------------------------------
-def find_runs(opts: Options, planned: list[planning.Planned], uri: str, suite: str) -> tuple[list, list]:
+def find_runs(opts: planning.RemeasureOptions, planned: list[planning.Planned], uri: str, suite: str) -> tuple[list, list]:
     """``(matched, missing)``: each planned run with its latest FINISHED stored run (``p.run_id``),
     and the planned runs the store has no FINISHED run of."""
     from mlflow.tracking import MlflowClient
@@ -99,7 +92,7 @@ def find_runs(opts: Options, planned: list[planning.Planned], uri: str, suite: s
     return matched, missing
 
 
-def main(opts: Options) -> int:
+def main(opts: planning.RemeasureOptions) -> int:
     """``python -m bench remeasure``: find the runs, skip those done, execute the rest; the exit code."""
     wanted = parse_measurements(opts.measurements)
     uri = tracking.resolve_tracking_uri(opts.tracking_uri)
@@ -128,7 +121,7 @@ def main(opts: Options) -> int:
         return 0
 
     ps = [p for p, _ in todo]
-    ex = make_executor(opts, ps, lambda run_id, epoch, line: None)
+    ex = make_executor(opts, ps, lambda run_id, epoch, row: None)
     try:
         planning.identify(ps)
         worker.preload(loaded)  # the driver's own jobs reuse them
@@ -137,12 +130,12 @@ def main(opts: Options) -> int:
         ex.close()
 
 
-def _execute(ex, todo, uri: str, commit: str, opts: Options, say) -> int:
+def _execute(ex, todo, uri: str, commit: str, opts: planning.RemeasureOptions, say) -> int:
     n, t0 = len(todo), time.perf_counter()
     jobs = []
     for i, (p, left) in enumerate(todo):
         job = Job(uri=uri, run_id=p.run_id, attempt="", run_key=p.key, run_name=p.name,
-                         config={"device": p.device, "data_dir": opts.data_dir or ""}, threads=p.threads,
+                         cfg=dataclasses.replace(p.cfg, device=p.device, data_dir=opts.data_dir or ""), threads=p.threads,
                          kind="remeasure", measurements=left, commit=commit)
         jobs.append((i, p, job))
     index = {job.run_id: (i, p) for i, p, job in jobs}

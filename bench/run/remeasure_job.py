@@ -19,15 +19,13 @@ import traceback
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.run.job import Job, Outcome
+from bench.run.job import MEASUREMENTS, Job, Outcome
 from bench.store.tracking import (
     TAG_REMEASURED_AT,
     TAG_REMEASURED_COMMIT,
     TAG_REMEASURED_MEASUREMENTS,
     TAG_REMEASURED_NOTE,
 )
-
-MEASUREMENTS = ("grad", "gaps", "log_px", "ais", "active_units")
 
 
 def already(tags: dict[str, str], commit: str) -> set[str]:
@@ -122,7 +120,7 @@ def execute(job: Job) -> Outcome:
     from mlflow.entities import Metric, RunTag
     from mlflow.tracking import MlflowClient
 
-    from bench import config
+    from bench import config, passes
 
     client = MlflowClient(job.uri)
     run = client.get_run(job.run_id)
@@ -134,10 +132,11 @@ def execute(job: Job) -> Outcome:
     torch.distributions.Distribution.set_default_validate_args(False)
     t0 = time.perf_counter()
     try:
-        device = job.config.get("device", "cpu")
+        passes.set_gpu_share(job.gpu_share)
+        device = job.cfg.device
         if config.resolve_device(device).type == "cpu":
             torch.set_flush_denormal(True)  # as the training loop (bench.train.run)
-        cfg, ds, model = load_run(client, job.run_id, device, job.threads, job.config.get("data_dir") or None)
+        cfg, ds, model = load_run(client, job.run_id, device, job.threads, job.cfg.data_dir or None)
         values, notes = compute(model, cfg, ds, tuple(job.measurements))
         bad = sorted(k for k, v in values.items() if not math.isfinite(v) and not k.startswith("grad/"))
         if bad:

@@ -96,7 +96,7 @@ class Invocation:
     def _submit(self, p: Planned) -> None:
         run = self.ledger.tracker.client.get_run(p.run_id)
         job = Job(uri=self.ledger.uri, run_id=p.run_id, attempt=run.data.tags[tracking.TAG_ATTEMPT], run_key=p.key,
-                  run_name=p.name, config=dataclasses.asdict(p.cfg) | {"device": p.device}, threads=p.threads,
+                  run_name=p.name, cfg=dataclasses.replace(p.cfg, device=p.device), threads=p.threads,
                   checkpoint_every=self.opts.checkpoint_every)
         slurm_id = self.ex.submit(job, p.cpus, p.gpus)
         if slurm_id:
@@ -108,9 +108,9 @@ class Invocation:
     def _show_start(self, p: Planned) -> None:
         self.progress.start(p.run_id, f"[{p.index + 1}/{len(self.planned)}] {p.name}", p.cfg.epochs, p.start_epoch)
 
-    def on_progress(self, run_id: str, epoch: int, line: str) -> None:
+    def on_progress(self, run_id: str, epoch: int, row: dict[str, float]) -> None:
         if self.progress is not None:
-            self.progress.update(run_id, epoch, line)
+            self.progress.update(run_id, epoch, row)
             self.progress.tick()
 
     def _handle(self, o: Outcome) -> None:
@@ -145,7 +145,7 @@ class Invocation:
                     self._show_start(p)
                 if tags.get(tracking.TAG_EPOCH):
                     e = int(tags[tracking.TAG_EPOCH])
-                    self.progress.update(run_id, e, f"epoch {e:>3}/{p.cfg.epochs}")
+                    self.progress.update(run_id, e)
         take = []
         for run_id, p in list(self.watch.items()):
             run = c.get_run(run_id)

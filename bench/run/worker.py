@@ -29,7 +29,6 @@ segfault, the out-of-memory killer) are seen, and marked, by the executor's driv
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 import traceback
@@ -41,7 +40,7 @@ from bench.run.job import STOP, Job, Outcome
 from bench.store import tracking
 from bench.store.tracking import TAG_EPOCH
 
-ProgressFn = Callable[[str, int, str], None]  # (run_id, epoch, line)
+ProgressFn = Callable[[str, int, dict], None]  # (run_id, epoch, row): bench.train.run's on_epoch, with the run
 
 class Superseded(Exception):
     """Another attempt holds the run now: stop without touching it."""
@@ -116,8 +115,7 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
     import torch
     from mlflow.tracking import MlflowClient
 
-    from bench import config, train
-    from bench.config import RunConfig
+    from bench import config, passes, train
     from bench.store.checkpoints import ArtifactCheckpoints
 
     client = MlflowClient(job.uri)
@@ -126,7 +124,8 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
     client.update_run(job.run_id, status="RUNNING")
     if job.threads:
         torch.set_num_threads(job.threads)
-    cfg = RunConfig(**job.config)
+    cfg = job.cfg
+    passes.set_gpu_share(job.gpu_share)
     device = config.resolve_device(cfg.device)
     client.log_batch(job.run_id, tags=_tags(tracking.lease_tags() | {"device_name": tracking.device_name(device)}))
 
@@ -154,7 +153,7 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
         if STOP.is_set() and epoch < cfg.epochs:  # the epoch is stored: a safe place to stop
             raise KeyboardInterrupt
 
-    show = (lambda line: progress(job.run_id, _epoch_of(line), line)) if progress else (lambda line: None)
+    on_epoch = (lambda epoch, row: progress(job.run_id, epoch, row)) if progress else None
     heartbeat = tracking.Heartbeat(client, job.run_id, check=fence)
     # Argument validation of torch.distributions costs time on every call of the hot path, and a
     # diverging run must reach the loop's finiteness check (NonFiniteLoss) rather than die inside
@@ -168,7 +167,7 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
         log = RunLogger(client, job.run_id, after=resumed or 0, check=check)
         ds = dataset(cfg)
         try:
-            result = train.run(cfg, ds, log, show, checkpoint_fn=save, resume=state)
+            result = train.run(cfg, ds, log, on_epoch, checkpoint_fn=save, resume=state)
         except Exception:
             log.flush()  # what was logged before the error (non-finite final metrics, say)
             raise
@@ -214,92 +213,18 @@ def _tags(tags: dict[str, str]):
     return [RunTag(k, str(v)) for k, v in tags.items()]
 
 
-def _epoch_of(line: str) -> int:
-    """``"epoch  7/100  train ..."`` -> 7; the final line (no epoch) -> -1."""
-    parts = line.split()
-    return int(parts[1].split("/")[0]) if parts and parts[0] == "epoch" else -1
-
-
-def job_config(cfg, device: str) -> dict:
-    """The RunConfig of a planned run as plain data, with its resolved device."""
-    return dataclasses.asdict(cfg) | {"device": device}
-
-
-def save_grid(images, path: Path, nrow: int = 8, padding: int = 2, pad_value: float = 0.5) -> None:
-    """``images: [N, C, H, W]`` in [0, 1] as one PNG, ``nrow`` per row with ``padding`` pixels
-    of ``pad_value`` between them (torchvision's ``save_image`` layout, without importing
-    torchvision: it costs seconds in every worker)."""
-    import torch
-    from PIL import Image
-
-    n, c, h, w = images.shape
-    rows = -(-n // nrow)
-    grid = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
-    for i, img in enumerate(images):
-        r, col = divmod(i, nrow)
-        top, left = padding + r * (h + padding), padding + col * (w + padding)
-        grid[:, top : top + h, left : left + w] = img
-    pixels = (grid.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0)
-    Image.fromarray(pixels.squeeze(-1).numpy() if c == 1 else pixels.numpy()).save(path)
-
-
 def log_artifacts(client, run_id: str, model, ds, history: dict[str, list[tuple[int, float]]]) -> None:
-    """Samples and reconstructions as PNG grids, the per-run curves figure drawn from the run's
-    ``history`` (``bench.train.RunResult.history``, metric -> [(step, value), ...]), the final weights."""
+    """The run's own figures (samples, reconstructions, the curves drawn from the run's
+    ``history``: ``bench.plots.curves``) and its final weights, uploaded to the run."""
     import torch
 
-    from bench.plots.curves import run_figure
+    from bench.plots.curves import run_figure, run_images
 
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         tmp = Path(tmp)
-        if len(ds.x_shape) == 3:  # images
-            model.eval()
-            # nearest-neighbour upscaling so that 8x8 digits are legible in the UI (28x28 stays 1:1)
-            scale = max(1, 32 // ds.x_shape[-1])
-
-            def grid(images, name: str) -> None:
-                images = torch.nn.functional.interpolate(images.float().cpu(), scale_factor=scale, mode="nearest")
-                save_grid(images, tmp / name)
-                client.log_artifact(run_id, str(tmp / name))
-
-            grid(model.sample(64, mean=True), "samples.png")
-            x = ds.test[:32]
-            recon = model.reconstruct(x).reshape(len(x), *ds.x_shape)
-            grid(torch.stack([x.reshape(len(x), *ds.x_shape), recon], 1).flatten(0, 1), "reconstructions.png")
-        else:  # vectors: scatter plots of model samples against test data, reconstructions against data
-            for name in _vector_figures(model, ds.test[:500], tmp):
-                client.log_artifact(run_id, str(tmp / name))
+        for name in run_images(model, ds, tmp):
+            client.log_artifact(run_id, str(tmp / name))
         run_figure(history, tmp / "curves.png")
         client.log_artifact(run_id, str(tmp / "curves.png"), "figures")
         torch.save(model.state_dict(), tmp / "model.pt")
         client.log_artifact(run_id, str(tmp / "model.pt"))
-
-
-def _vector_figures(model, x, tmp: Path) -> list[str]:
-    """``samples.png``: 500 model samples over the test data in the first two coordinates;
-    ``reconstructions.png``: every coordinate's reconstruction against its value."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = model.sample(len(x)).reshape(len(x), -1).cpu()
-    r = model.reconstruct(x).reshape(len(x), -1).cpu()
-    x = x.reshape(len(x), -1).cpu()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(x[:, 0], x[:, 1], s=6, alpha=0.5, label="test data")
-    ax.scatter(s[:, 0], s[:, 1], s=6, alpha=0.5, label="model samples")
-    ax.set(xlabel="x[0]", ylabel="x[1]", title="samples vs data")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(tmp / "samples.png", dpi=100)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(x.flatten(), r.flatten(), s=3, alpha=0.3)
-    lo, hi = float(x.min()), float(x.max())
-    ax.plot([lo, hi], [lo, hi], color="k", lw=1)
-    ax.set(xlabel="x (every coordinate)", ylabel="reconstruction mean", title="reconstructions")
-    fig.tight_layout()
-    fig.savefig(tmp / "reconstructions.png", dpi=100)
-    plt.close(fig)
-    return ["samples.png", "reconstructions.png"]
