@@ -1,6 +1,8 @@
-"""Sessions: tests, benchmark, perf, gpu, lint, ui, server. The uv backend: a warm install of torch takes seconds.
+"""Sessions: lint, tests, slow, benchmark, perf, gpu, ui, server. The uv backend: a warm install of torch takes seconds.
 
-    nox -s tests                          # the test suite (pytest args after --)
+    nox                                   # lint and tests (the default sessions)
+    nox -s tests                          # the fast tier: every test but the slow and perf ones (pytest args after --)
+    nox -s slow                           # the slow tier: end-to-end runs of suites (executors, resume, compare)
     nox -s benchmark                      # the smoke suite (--jobs auto), then its plots and report
     nox -s benchmark -- --suite standard  # another suite; other `bench run` flags pass through
     nox -s perf                           # harness against hand-written PyTorch, and micro-benchmarks
@@ -21,13 +23,23 @@ import nox
 
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["tests"]
+nox.options.sessions = ["lint", "tests"]
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
+    """The fast tier: pytest's default selection, ``-m "not perf and not slow"`` (pyproject.toml);
+    what a contributor runs while working. Pytest args after ``--`` (``-m "not perf"``: both tiers)."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """The slow tier: the tests marked ``slow`` (suites run end to end through the executors, kills
+    and resumes, compare, the re-measure); CI runs it after the fast tier."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "slow and not perf", *session.posargs)
 
 
 def _uses_mnist(suite: str) -> bool:

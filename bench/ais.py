@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from bench.passes import evaluating, sized_chunk
 from variants.base import VAE, flat
 
 STEP_MIN, STEP_MAX = 1e-4, 0.5
@@ -162,11 +163,9 @@ def anneal(
 def draws_per_pass(model: nn.Module, x: Tensor, chunk: int = 0) -> int:
     """Latent draws (chains x examples) per decoder pass: ``chunk`` if it is positive, else sized
     for the device by what one draw of an HMC energy evaluation (a decoder pass and its gradient)
-    allocates (``bench.metrics.sized_chunk``, probed on up to 4 examples of ``x``)."""
+    allocates (``bench.passes.sized_chunk``, probed on up to 4 examples of ``x``)."""
     if chunk > 0:
         return chunk
-    from bench.metrics import sized_chunk
-
     b = min(4, x.shape[0])
 
     def energy(n: int) -> None:
@@ -244,8 +243,6 @@ def ais_log_likelihood(
     :func:`draws_per_pass`). Cost: about ``n_steps
     (leapfrog + 2)`` decoder passes, forward and backward, per chunk. Eval mode; raises
     ``NotImplementedError`` with :func:`unsupported`'s reason on a variant it does not apply to."""
-    from bench.metrics import evaluating
-
     settings = Settings(n_chains, n_steps, **options)
     with evaluating(model):
         log_w, _ = forward_chains(model, flat(x), settings, chunk)
@@ -270,8 +267,6 @@ def bdmc(
     reverse order (the same step sizes), so nothing is adapted on chains that are counted. The
     settings are :func:`ais_log_likelihood`'s. ``data``: the simulated ``(z* [n, L], x [n, D])``
     if the caller drew them (default: drawn here from the global generator). Eval mode."""
-    from bench.metrics import evaluating
-
     settings = Settings(n_chains, n_steps, **options)
     with evaluating(model):
         reason = unsupported(model)

@@ -1,6 +1,4 @@
-"""Per-epoch training checkpoints: what is saved (every piece of state the loop's future depends
-on) and where (the run's own MLflow artifact store), written so that a kill at any moment leaves
-either the previous checkpoint or the new one, never a torn file in use.
+"""A training checkpoint's content: every piece of state the loop's future depends on, captured and restored.
 
 State (:func:`capture` / :func:`restore`), enough for the resumed run to compute exactly what the
 uninterrupted run would have (bit for bit on CPU):
@@ -17,30 +15,17 @@ uninterrupted run would have (bit for bit on CPU):
   global generators;
 * the timing accumulators behind ``perf/*`` (times are not reproducible; their sums continue).
 
-Storage (:class:`ArtifactCheckpoints`): ``checkpoints/epoch-NNNNNN.pt`` in the run's artifact
-store, then the tag ``vaebench.checkpoint`` set to that path (in the same store write as the
-epoch's metrics). The tag is the commit point: an upload cut short is never named by it, so a
-reader always loads a complete file. The previous
-checkpoint is deleted after the tag moves; all of them when the run finishes (its final weights
-are the ``model.pt`` artifact). Through an MLflow tracking server with proxied artifacts
-(``python -m bench server``) workers on any node read and write checkpoints through the server;
-with a sqlite store they live beside it (``mlartifacts/``), which other nodes see only on a
-shared filesystem. Files are loaded with ``torch.load(weights_only=True)``: plain tensors and
-containers, no code.
+Storage: ``bench.store.checkpoints`` (the run's artifact store).
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 
 FORMAT = 1
-TAG = "vaebench.checkpoint"
 
 
 def capture(epoch: int, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -98,56 +83,3 @@ def _tuples(x):
     """``random.setstate`` wants tuples; a round trip through the weights-only loader keeps them,
     but be tolerant of lists."""
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-class ArtifactCheckpoints:
-    """The checkpoints of one run, in its artifact store (see the module docstring)."""
-
-    def __init__(self, client, run_id: str) -> None:
-        from mlflow.store.artifact.artifact_repository_registry import (
-            get_artifact_repository,
-        )
-
-        self.client = client
-        self.run_id = run_id
-        run = client.get_run(run_id)
-        self._current: str | None = run.data.tags.get(TAG) or None
-        self._repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri)
-
-    def latest(self) -> dict | None:
-        """The newest complete checkpoint, or None when the run has none."""
-        if not self._current:
-            return None
-        with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(self.run_id, self._current, tmp)
-            return torch.load(path, map_location="cpu", weights_only=True)
-
-    def save(self, state: dict, write_tags=None) -> None:
-        """Upload ``state``, then commit it by the tag: through ``write_tags(tags)`` when given
-        (the caller's own store write: the epoch's metrics and its checkpoint in one
-        transaction), else on its own."""
-        from mlflow.entities import RunTag
-
-        name = f"epoch-{state['epoch']:06d}.pt"
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(state, Path(tmp) / name)
-            self._repo.log_artifact(str(Path(tmp) / name), "checkpoints")
-        tags = {TAG: f"checkpoints/{name}"}
-        if write_tags is not None:
-            write_tags(tags)
-        else:
-            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        previous, self._current = self._current, f"checkpoints/{name}"
-        if previous and previous != self._current:
-            self._delete(previous)
-
-    def clear(self) -> None:
-        """Delete every checkpoint of the run (it has finished) and its tag."""
-        self._delete("checkpoints")
-        if self._current:
-            self.client.delete_tag(self.run_id, TAG)
-            self._current = None
-
-    def _delete(self, path: str) -> None:
-        with contextlib.suppress(Exception):
-            self._repo.delete_artifacts(path)

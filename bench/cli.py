@@ -1,6 +1,6 @@
 """Command line: ``python -m bench {run,list,plots,compare,ui,server,data}``, a parser and a dispatch;
-each subcommand's work lives in its module (``bench.runner``, ``bench.plots``, ``bench.compare``,
-``bench.ui``, ``bench.server``).
+each subcommand's work lives in its module (``bench.run.runner``, ``bench.plots``, ``bench.plots.compare``,
+``bench.store.ui``, ``bench.store.server``).
 
     python -m bench run --suite smoke [--set key=value ...] [--tracking-uri URI] [--jobs N|auto]
                         [--executor local|ray|submitit] [--ray-address ADDR] [--fresh]
@@ -16,7 +16,7 @@ A user mistake (unknown suite, variant or key, wrong type, missing dataset offli
 stderr and exit code 2, checked before anything is written. ``run``: exit code 0 when every run
 finished, 1 when some failed (NaN loss, a crash, a dead worker: marked FAILED, the suite goes on),
 130 when interrupted (Ctrl-C: the running runs and the parent are marked KILLED); what was logged
-stays in the store and the same command resumes (``bench.runner``).
+stays in the store and the same command resumes (``bench.run.runner``).
 """
 
 from __future__ import annotations
@@ -24,37 +24,36 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import typing
 from pathlib import Path
 
 from bench import fetch
 from bench.errors import BenchError
+from bench.run.plan import Options, RemeasureOptions
 
 
 def cmd_run(args) -> int:
-    from bench import runner
+    from bench.run import runner
 
-    return runner.main(runner.Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(runner.Options)}))
-
-
-REMEASURABLE = ("grad", "gaps", "log_px", "ais", "active_units")  # bench.remeasure.MEASUREMENTS (not imported: torch)
+    return runner.main(Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options)}))
 
 
 def cmd_remeasure(args) -> int:
-    from bench import remeasure
+    from bench.run import remeasure
 
-    return remeasure.main(remeasure.Options(**{f.name: getattr(args, f.name)
-                                               for f in dataclasses.fields(remeasure.Options)}))
+    return remeasure.main(RemeasureOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RemeasureOptions)}))
 
 
 def cmd_server(args) -> int:
-    from bench import server
+    from bench.store import server
 
     return server.serve(port=args.port, database_uri=args.database_uri, root=Path(args.root))
 
 
 def cmd_list(args) -> int:
     import variants
-    from bench import config, data, objectives
+    from bench import data, objectives
+    from bench.suite import available_suites, suite_path
 
     print("variants:")
     for name in variants.available():
@@ -69,10 +68,10 @@ def cmd_list(args) -> int:
     for name in data.available():
         print(f"  {name}")
     print("suites:")
-    for name in config.available_suites():
+    for name in available_suites():
         import tomllib
 
-        desc = tomllib.loads(config.suite_path(name).read_text()).get("description", "")
+        desc = tomllib.loads(suite_path(name).read_text()).get("description", "")
         print(f"  {name:<16} {desc}")
     return 0
 
@@ -88,7 +87,8 @@ def _existing_store(uri: str) -> str:
 
 
 def cmd_plots(args) -> int:
-    from bench import plots, tracking
+    from bench import plots
+    from bench.store import tracking
 
     uri = _existing_store(tracking.resolve_tracking_uri(args.tracking_uri))
     files = plots.draw(Path(args.suite).stem, Path(args.out), uri)
@@ -97,7 +97,8 @@ def cmd_plots(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from bench import compare, tracking
+    from bench.plots import compare
+    from bench.store import tracking
 
     if len(args.refs) not in (0, 2):
         raise BenchError(f"compare takes two invocations A B (parent run ids or git commits) or none, got {len(args.refs)}")
@@ -107,41 +108,37 @@ def cmd_compare(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from bench import tracking, ui
+    from bench.store import tracking, ui
 
     return ui.serve(_existing_store(tracking.resolve_tracking_uri(args.tracking_uri)), host="127.0.0.1", port=args.port)
 
 
-def _suite_flags(r: argparse.ArgumentParser, fresh: str) -> None:
-    """The flags ``run`` and ``remeasure`` share: which runs, which store, where they execute."""
-    r.add_argument("--suite", default="smoke", help="suite name (bench/suites/NAME.toml) or path to a TOML file")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run-config key (repeatable)")
-    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
-    r.add_argument("--data-dir", help="where datasets are read from / downloaded to (default ./data)")
-    r.add_argument("--jobs", default="1", metavar="N|auto",
-                   help="runs at once (default 1, in this process); auto: cores // threads on CPU, "
-                        "the visible GPUs x --runs-per-gpu on CUDA, as many as the cluster takes with ray/submitit")
-    r.add_argument("--executor", default="local", choices=("local", "ray", "submitit"),
-                   help="local processes (default), Ray tasks, or Slurm jobs through submitit")
-    r.add_argument("--ray-address", help="a running Ray cluster (ray://host:10001, or auto); default: a local one")
-    r.add_argument("--runs-per-gpu", type=int, default=1, metavar="M", help="runs sharing one GPU (local and ray)")
-    r.add_argument("--fresh", action="store_true", help=fresh)
-    r.add_argument("--checkpoint-every", type=float, default=0.0, metavar="SECONDS",
-                   help="at most one checkpoint per SECONDS (default 0: after every epoch)")
-    sl = r.add_argument_group("submitit (Slurm)")
-    sl.add_argument("--slurm-partition", default="", help="partition to submit to")
-    sl.add_argument("--slurm-time", type=int, default=60, metavar="MINUTES",
-                   help="time limit per job; a job that reaches it is requeued and resumes (default 60)")
-    sl.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per run (default 0: CPU)")
-    sl.add_argument("--slurm-mem-gb", type=float, default=0.0, help="memory per job (default: the partition's)")
-    sl.add_argument("--slurm-folder", default="submitit", help="job scripts and logs (default ./submitit)")
+def _options_flags(p: argparse.ArgumentParser, options) -> None:
+    """One flag per field of ``options`` (``bench.run.plan.Options`` or ``RemeasureOptions``):
+    ``--<name>`` with the field's default, type and help (its metadata), declared there once."""
+    hints = typing.get_type_hints(options)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(options):
+        meta = dict(f.metadata)
+        group = meta.pop("group", None)
+        where = groups.setdefault(group, p.add_argument_group(group)) if group else p
+        kind = hints[f.name]
+        if kind is bool:
+            meta["action"] = "store_true"
+        elif typing.get_origin(kind) is list:
+            meta |= {"action": "append", "default": []}
+        else:
+            meta["default"] = f.default
+            if kind in (int, float):
+                meta["type"] = kind
+        where.add_argument("--" + f.name.replace("_", "-"), **meta)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description="vaebench: VAE variants and estimators, logged to MLflow")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run a suite (resumes an interrupted one)")
-    _suite_flags(r, fresh="recompute every run, even those already FINISHED")
+    _options_flags(r, Options)
     rm = sub.add_parser(
         "remeasure", help="recompute final measurements of a suite's FINISHED runs from their stored weights",
         description="Recompute the final measurements of a suite's FINISHED runs with the current code, on the "
@@ -151,10 +148,7 @@ def parser() -> argparse.ArgumentParser:
                     "re-measured at this commit is skipped; the same command continues an interrupted one. "
                     "--set names the runs as in `run` (the same overrides as the invocation that trained them). "
                     "Every executor runs it (local --jobs N, ray, submitit).")
-    rm.add_argument("--measurements", default=",".join(REMEASURABLE), metavar="M,M,...",
-                    help=f"comma-separated, from {', '.join(REMEASURABLE)} (default: all); those a variant does "
-                         "not make are skipped as `run` skips them")
-    _suite_flags(rm, fresh="re-measure every run, even those already re-measured at this commit")
+    _options_flags(rm, RemeasureOptions)
     rm.set_defaults(fn=cmd_remeasure)
     r.set_defaults(fn=cmd_run)
     sv = sub.add_parser("server", help="an MLflow tracking server on PostgreSQL for many writers, on 127.0.0.1")

@@ -139,7 +139,8 @@ def part_throughput(args) -> dict:
     import torch
 
     import variants
-    from bench import metrics, objectives, train
+    from bench import config, metrics, objectives, schedules
+    from bench.step import make_optimizer, make_step
 
     device = torch.device(args.device)
     steps, iters = (3, 1) if args.quick else (100, 5)
@@ -151,7 +152,7 @@ def part_throughput(args) -> dict:
                         f"vanilla/elbo 784-512-512-32 ReLU, batch {BATCH}, Adam {LR}, data: {source}"}
     for mode in MODES:
         cfg = _model_cfg(mode, args.device)
-        why = train.step_mode_unsupported(cfg) or (
+        why = config.step_mode_unsupported(cfg) or (
             "skipped in --quick on CPU (inductor's first compile takes tens of seconds on 2 cores)"
             if mode == "compile" and args.quick and device.type == "cpu" else None)
         if why:
@@ -161,8 +162,8 @@ def part_throughput(args) -> dict:
             torch.manual_seed(0)
             model = variants.build("vanilla", x_shape=(784,), latent_dim=LATENT, hidden=tuple(HIDDEN),
                                    activation="relu").to(device).train()
-            optimizer = train.make_optimizer(model.parameters(), cfg, device)
-            step_fn = train.make_step(cfg, model, objectives.build("elbo"), optimizer, None, device)
+            optimizer = make_optimizer(model.parameters(), cfg, device)
+            step_fn = make_step(cfg, model, objectives.build("elbo"), optimizer, None, device)
             perm = torch.randperm(len(x), device=device, generator=torch.Generator(device=device).manual_seed(0))
             per_epoch = len(x) // BATCH
             state = {"step": 0}
@@ -172,7 +173,7 @@ def part_throughput(args) -> dict:
                 for _ in range(steps):
                     i = state["step"] % per_epoch
                     model.on_train_step(state["step"])
-                    beta = train.kl_weight(cfg, state["step"], per_epoch)
+                    beta = schedules.kl_weight(state["step"], cfg.kl_warmup_epochs, per_epoch)
                     total += step_fn(x[perm[i * BATCH : (i + 1) * BATCH]], beta)
                     state["step"] += 1
                 return total
@@ -200,6 +201,7 @@ def part_log_px(args) -> dict:
     import torch
 
     from bench import data, metrics, objectives, train
+    from bench.step import make_optimizer, make_step
 
     device = torch.device(args.device)
     if args.quick:
@@ -209,8 +211,8 @@ def part_log_px(args) -> dict:
     cfg = _model_cfg("eager", args.device, ds.name)
     torch.manual_seed(0)
     model = train.build_model(cfg, ds).to(device).train()
-    optimizer = train.make_optimizer(model.parameters(), cfg, device)
-    step_fn = train.make_step(cfg, model, objectives.build("elbo"), optimizer, None, device)
+    optimizer = make_optimizer(model.parameters(), cfg, device)
+    step_fn = make_step(cfg, model, objectives.build("elbo"), optimizer, None, device)
     gen = torch.Generator(device=device).manual_seed(0)
     x = ds.train_epoch(gen)
     n_steps = train_steps or len(x) // BATCH  # one epoch
@@ -451,7 +453,8 @@ class Check:
     def smoke(self, mode: str, limit: float) -> dict:
         from dataclasses import replace
 
-        from bench import runner, train
+        from bench import config
+        from bench.run import plan
 
         key = f"smoke_{mode.replace('-', '_')}"
         q = self.args.quick
@@ -469,12 +472,12 @@ class Check:
         # objectives that cannot run this step_mode: restricted away, with the reason recorded
         skipped_runs: dict[str, str] = {}
         try:
-            _, planned, _ = runner.plan(runner.Options(suite="smoke", set=[s for s in sets if not s.startswith("step_mode")]))
+            _, planned, _ = plan.plan(plan.Options(suite="smoke", set=[s for s in sets if not s.startswith("step_mode")]))
         except Exception as e:
             return {"status": "failed", "figures": {}, "how": how, "error": f"planning: {type(e).__name__}: {e}"}
         ok_objs = set()
         for p in planned:
-            why = train.step_mode_unsupported(replace(p.cfg, step_mode=mode))
+            why = config.step_mode_unsupported(replace(p.cfg, step_mode=mode))
             if why:
                 skipped_runs[p.cfg.run_name] = why
             else:

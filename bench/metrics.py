@@ -24,125 +24,33 @@ Every function runs on the device and dtype of its inputs and of the model's par
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import resource
 import sys
 import time
-import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from bench import ais, objectives, snr
+from bench.passes import common_random_numbers, evaluating, sized_chunk
+from bench.vocabulary import GRADIENT_STATS  # per group, see bench.snr
 
 DEFAULT_CHUNK = 2**16  # latent draws per pass of posterior_means (the active units)
-
-# -- the size of an evaluation pass -----------------------------------------------------------------
-# An evaluation (log p(x), the gaps, AIS) streams over chunks of log-weights (or latent draws);
-# ``chunk = 0`` sizes a chunk for the device by the bytes one log-weight costs (measured on the
-# model by :func:`allocated_bytes`: a 784-pixel decoder's log-weight holds 784 logits, their
-# softplus and products and the hidden activations, about 20-40 KB in float32, where a 64-pixel
-# one costs about 4 KB), so that a pass holds about:
-CPU_PASS_BYTES = 32 * 2**20  # CPU: measured on a 2-core Xeon (2 MiB L2 per core): log p(x) ran at
-# its best from about 8 to 150 MiB a pass on both model sizes, and 30-40% slower at 1 GiB and more,
-# where the tensors no longer stay cached and every pass maps fresh pages; below 4 MiB the per-pass
-# Python overhead dominates on the small model
-CUDA_FREE_FRACTION = 0.25  # CUDA: this share of the free device memory, divided among the runs
-CUDA_PASS_MAX_BYTES = 4 * 2**30  # sharing the GPU (VAEBENCH_RUNS_PER_GPU), and at most this (unmeasured)
-MAX_CHUNK = 2**24
-MIN_UNIT_BYTES = 64  # a floor for models whose log-weights cost (next to) nothing
-
-
-def pass_bytes(device: str | torch.device) -> int:
-    """The bytes one evaluation pass may allocate on ``device`` (see the constants above). On CUDA
-    ``CUDA_FREE_FRACTION`` of ``torch.cuda.mem_get_info``'s free memory, divided by the number of
-    runs sharing the GPU (the environment's ``VAEBENCH_RUNS_PER_GPU``, which ``--runs-per-gpu``
-    sets in its workers; 1 if unset), at most ``CUDA_PASS_MAX_BYTES``."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return CPU_PASS_BYTES
-    free, _ = torch.cuda.mem_get_info(device)
-    share = max(1, int(os.environ.get("VAEBENCH_RUNS_PER_GPU", "1") or 1))
-    return int(min(CUDA_PASS_MAX_BYTES, CUDA_FREE_FRACTION * free / share))
-
-
-class _CountAllocations(TorchDispatchMode):
-    """Sums the storage bytes of the tensors every op creates: an output whose storage is one of
-    the op's inputs' (a view, an in-place result) is not new memory."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)}
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                self.bytes += t.untyped_storage().nbytes()
-        return out
-
-
-def allocated_bytes(fn: Callable[[], object], device: str | torch.device = "cpu") -> int:
-    """The bytes of every tensor the ops of ``fn()`` allocate (views and in-place results left out;
-    tensors freed during the call counted too: the traffic of a pass, an upper bound of what it holds
-    at once). The global generators (CPU, and ``device``'s on CUDA) are put back afterwards: ``fn``
-    may draw without changing the caller's random stream."""
-    device = torch.device(device)
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type="cuda"), _CountAllocations() as count:
-        fn()
-    return count.bytes
-
-
-_UNIT_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: bytes per unit}
-
-
-def sized_chunk(fn: Callable[[int], object], unit: int, device: str | torch.device,
-                model: nn.Module | None = None, key: tuple = ()) -> int:
-    """How many units (log-weights, latent draws) one pass of ``fn`` may take on ``device``:
-    :func:`pass_bytes` over the bytes a unit costs, measured as the difference of
-    :func:`allocated_bytes` between ``fn(1)`` and ``fn(3)`` (``fn(n)`` evaluates ``n * unit``
-    units), so that what does not grow with the units (an encoder pass) is left out. With a
-    ``model``, the measurement is kept for it under ``key`` (the input's shape, dtype, ...): a
-    model's cost per unit does not change with its weights, and a measurement costs two passes
-    under a Python dispatch mode (milliseconds, which an evaluation every epoch would repeat)."""
-    cache = _UNIT_BYTES.setdefault(model, {}) if model is not None else {}
-    per_unit = cache.get(key)
-    if per_unit is None:
-        small, large = allocated_bytes(lambda: fn(1), device), allocated_bytes(lambda: fn(3), device)
-        per_unit = cache[key] = max(MIN_UNIT_BYTES, (large - small) / (2 * unit))
-    return int(max(1, min(MAX_CHUNK, pass_bytes(device) // per_unit)))
 
 
 @torch.no_grad()
 def log_weight_chunk(model: nn.Module, x: Tensor, params: Tensor | None = None, chunk: int = 0) -> int:
     """Log-weights per pass of ``model.log_weights`` on ``x`` (``[B, ...]``; ``params`` as in
     :func:`log_weight_moments`): ``chunk`` if it is positive, else sized for the device
-    (:func:`sized_chunk`, probed on up to 4 examples)."""
+    (``bench.passes.sized_chunk``, probed on up to 4 examples)."""
     if chunk > 0:
         return chunk
     b = min(4, x.shape[0])
     p = None if params is None else params[:b]
     key = ("log_weights", b, tuple(x.shape[1:]), x.dtype, str(x.device), None if p is None else tuple(p.shape[1:]), model.training)
     return sized_chunk(lambda n: model.log_weights(x[:b], n, params=p), b, x.device, model, key)
-
-
-@contextlib.contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """``model.eval()`` for the duration, then every submodule's own previous mode back."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _chunks(B: int, k: int, chunk: int) -> tuple[int, int]:
@@ -278,16 +186,6 @@ def optimize_local(
             avg.zero_()
 
 
-@contextlib.contextmanager
-def common_random_numbers(seed: int, device: torch.device) -> Iterator[None]:
-    """Run the block with the global generators (CPU, and ``device`` if CUDA) seeded with
-    ``seed``, then put their previous states back: two blocks entered with the same seed draw the
-    same noise (common random numbers) and the caller's stream is left as if nothing was drawn."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
-        torch.manual_seed(seed)
-        yield
-
 
 def gaps(
     model: nn.Module,
@@ -373,7 +271,6 @@ def gaps(
 # -- gradient variance and SNR -------------------------------------------------------------------
 
 _GROUPS = ("encoder", "decoder")
-GRADIENT_STATS = ("var", "snr", "snr_lo", "snr_hi", "snr_floor", "snr_ratio", "snr_det", "snr_dropped")  # per group, see bench.snr
 
 
 def _restore(modules: list[nn.Module], saved: list[dict[str, Tensor]]) -> None:

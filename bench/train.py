@@ -15,7 +15,7 @@ surrogate, also during a KL warm-up (``kl_warmup_epochs``: only the surrogate is
 trainable objective (``bench.objectives.TrainableObjective``: NVIL, REBAR, RELAX) has its own
 optimizer; each step the model's parameters get the estimator's gradient and the objective's
 parameters their own training gradient (``bench.objectives.backward``). Measurements a variant
-declares not applicable (:func:`skipped_measurements`) are skipped, not logged as NaN.
+declares not applicable (``bench.config.skipped_measurements``) are skipped, not logged as NaN.
 Host-device synchronization happens once per epoch (``.item()`` on the summed bound)
 and around the timed sections; nothing syncs per step.
 """
@@ -33,26 +33,22 @@ import torch
 from torch import Tensor, nn
 
 import variants
-from bench import checkpoint, metrics, objectives, vocabulary
+from bench import checkpoint, config, metrics, objectives, vocabulary
 from bench.config import RunConfig
 from bench.data import Dataset
 from bench.errors import ConfigError, NonFiniteLoss
-from bench.schedules import LR_SCHEDULES
+from bench.schedules import LR_SCHEDULES, kl_weight
+from bench.step import make_optimizer, make_step, set_lr
 from variants.base import Decoder
 
 LogFn = Callable[[dict[str, float], int | None], None]
 # checkpoint(epoch, state): called after every epoch is logged; ``state()`` builds the checkpoint
 # (bench.checkpoint.capture), so a hook that skips an epoch pays nothing for it
 CheckpointFn = Callable[[int, Callable[[], dict]], None]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available here; use device=auto or cpu")
-    return dev
+# on_epoch(epoch, row): after each epoch's log, with the epoch's logged values (the progress display
+# formats them, bench.run.progress); on_epoch(FINAL, final) after the final evaluation
+EpochFn = Callable[[int, dict[str, float]], None]
+FINAL = -1
 
 
 def sync(device: torch.device) -> None:
@@ -83,217 +79,6 @@ def build_model(cfg: RunConfig, data: Dataset) -> nn.Module:
         except variants.VariantConfigError as e:
             raise ConfigError(f"run {cfg.run_name}: {e}") from None
     return model
-
-
-def make_optimizer(params, cfg: RunConfig, device: torch.device) -> torch.optim.Adam:
-    """Adam at ``cfg.lr`` with ``eps = cfg.adam_eps``, in the implementation that is fastest where
-    the run executes. CPU: the fused kernel (``fused=True``; measured for the 784-512-512-64 model's
-    1.4M parameters on this project's CPU, one thread: 1.4 ms a step against 4.4 ms for torch's
-    default for-loop and 5.8 ms for foreach). CUDA: torch's default there (foreach), which torch's
-    documentation recommends; ``capturable`` for ``step_mode = "cuda-graph"`` (the step counters on
-    the device, so that a replayed step reads and advances them). The update rule is the same."""
-    params = list(params)
-    if device.type == "cuda":
-        return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, capturable=cfg.step_mode == "cuda-graph")
-    return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, fused=True)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Every parameter group's learning rate := ``lr``; in place where it is a tensor (a captured
-    step reads that tensor, :class:`CapturedStep`)."""
-    for group in optimizer.param_groups:
-        if isinstance(group["lr"], Tensor):
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
-
-
-def train_step(
-    model: nn.Module, objective, optimizer: torch.optim.Optimizer, x: Tensor, k: int,
-    own_optimizer: torch.optim.Optimizer | None = None, kl_weight: float | None = None,
-) -> Tensor:
-    """One optimizer step on a batch ``x: [B, D]``; returns the bound summed over the batch
-    (detached, on the device: no host sync). ``own_optimizer`` steps a trainable objective's
-    parameters; ``kl_weight`` (warm-up) weights the KL in the surrogate only."""
-    est = objective(model, x, k) if kl_weight is None else objective(model, x, k, kl_weight=kl_weight)
-    optimizer.zero_grad(set_to_none=True)
-    objectives.backward(objective, est, model)
-    optimizer.step()
-    if own_optimizer is not None:
-        own_optimizer.step()
-    return est.value.sum()
-
-
-# step(x, kl_weight) -> the bound summed over the batch (0-dim, on the device)
-StepFn = Callable[[Tensor, "float | None"], Tensor]
-
-
-def step_mode_unsupported(cfg: RunConfig) -> str | None:
-    """Why ``cfg.step_mode`` cannot run this configuration (a sentence), or ``None``."""
-    if cfg.step_mode == "eager":
-        return None
-    if isinstance(objectives.spec(cfg.objective).factory, type):
-        return (f"step_mode = {cfg.step_mode!r} does not run objective {cfg.objective!r}, which trains parameters "
-                "of its own (a second optimizer; REBAR and RELAX take a double backward): use step_mode = 'eager'")
-    if cfg.step_mode == "cuda-graph" and cfg.device == "cpu":
-        return "step_mode = 'cuda-graph' needs a CUDA device (device = cuda, or auto on a machine with a GPU)"
-    return None
-
-
-def make_step(cfg: RunConfig, model: nn.Module, objective, optimizer: torch.optim.Optimizer,
-              own_optimizer: torch.optim.Optimizer | None, device: torch.device) -> StepFn:
-    """The training step of ``cfg.step_mode`` (``bench.config.RunConfig``): :func:`train_step`
-    (``"eager"``), :class:`CompiledStep` (``"compile"``) or :class:`CapturedStep` (``"cuda-graph"``)."""
-    why = step_mode_unsupported(cfg) or (
-        "step_mode = 'cuda-graph' needs a CUDA device; this run is on cpu"
-        if cfg.step_mode == "cuda-graph" and device.type != "cuda" else None)
-    if why:
-        raise ConfigError(f"run {cfg.run_name}: {why}")
-    if cfg.step_mode == "compile":
-        return CompiledStep(model, objective, optimizer, cfg.k, device)
-    if cfg.step_mode == "cuda-graph":
-        return CapturedStep(model, objective, optimizer, cfg.k, device)
-    return functools.partial(_eager_step, model, objective, optimizer, cfg.k, own_optimizer)
-
-
-def _eager_step(model, objective, optimizer, k, own_optimizer, x: Tensor, kl_weight: float | None) -> Tensor:
-    return train_step(model, objective, optimizer, x, k, own_optimizer, kl_weight)
-
-
-class CompiledStep:
-    """``step_mode = "compile"``: the objective's forward compiled by ``torch.compile`` (inductor),
-    and with it, through AOTAutograd, its backward; Adam eager (:func:`make_optimizer`).
-
-    Inductor runs with ``fallback_random``: its random ops are eager's, drawing from the same
-    generators in the same order, so a compiled run has the same noise as an eager one and its
-    numbers differ only by float rounding (fused kernels reorder arithmetic). One graph per batch
-    shape (the last, smaller batch of an epoch gets its own) and per warm-up state: the KL weight
-    enters as a 0-dim tensor, so its changing value recompiles nothing."""
-
-    def __init__(self, model: nn.Module, objective, optimizer: torch.optim.Optimizer, k: int, device: torch.device):
-        self.model, self.objective, self.optimizer = model, objective, optimizer
-        self.beta = torch.zeros((), device=device)
-        self.compiled = False
-
-        def forward(x: Tensor, beta: Tensor | None) -> tuple[Tensor, Tensor]:
-            est = objective(model, x, k) if beta is None else objective(model, x, k, kl_weight=beta)
-            return est.value, est.surrogate
-
-        self.forward = torch.compile(forward, dynamic=False, options={"fallback_random": True})
-
-    def __call__(self, x: Tensor, kl_weight: float | None = None) -> Tensor:
-        beta = None if kl_weight is None else self.beta.fill_(kl_weight)
-        if self.compiled:
-            value, surrogate = self.forward(x, beta)
-        else:  # the first call compiles: a missing toolchain is a message, not a stack trace
-            try:
-                value, surrogate = self.forward(x, beta)
-            except Exception as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-                raise ConfigError(
-                    f"step_mode = 'compile': torch.compile failed ({type(e).__name__}: {first}); on CPU inductor "
-                    "needs a C++ compiler (g++ or clang++, or $CXX): install one or use step_mode = 'eager'"
-                ) from e
-            self.compiled = True
-        self.optimizer.zero_grad(set_to_none=True)
-        objectives.backward(self.objective, objectives.Estimate(value, surrogate), self.model)
-        self.optimizer.step()
-        return value.sum()
-
-
-class CapturedStep:
-    """``step_mode = "cuda-graph"``: the whole step (forward, backward and Adam) captured in a CUDA
-    graph and replayed, one launch instead of about a hundred (whole-network capture, as in
-    torch's CUDA-graph notes: ``torch.cuda.graph``, Adam ``capturable``).
-
-    Per batch shape and warm-up state (KL weight or none): the first ``warmup`` steps run eagerly
-    on a side stream (they create Adam's state, cuBLAS's workspaces and the allocator's caches),
-    the next is captured, and from then on each step copies its batch (and KL weight) into the
-    graph's static inputs and replays it. The replay reads and writes in place what the eager step
-    does: the parameters, Adam's moments and step counters, the learning rate (made a device
-    tensor at capture, which :func:`set_lr` fills), the model's buffers (the Gumbel-softmax
-    temperature, batch-norm statistics); its random ops draw from the CUDA generator, whose offset
-    each replay advances by what one step consumes. Nothing in the step may synchronize with the
-    host (a capture fails on it)."""
-
-    def __init__(self, model: nn.Module, objective, optimizer: torch.optim.Optimizer, k: int, device: torch.device,
-                 warmup: int = 3):
-        self.model, self.objective, self.optimizer, self.k = model, objective, optimizer, k
-        self.device, self.warmup = device, warmup
-        self.stream = torch.cuda.Stream(device)
-        self.graphs: dict[tuple, int | tuple] = {}  # key -> eager steps so far, or (graph, x, beta, bound)
-
-    def __call__(self, x: Tensor, kl_weight: float | None = None) -> Tensor:
-        key = (tuple(x.shape), kl_weight is None)
-        entry = self.graphs.get(key, 0)
-        if isinstance(entry, int) and entry < self.warmup:
-            self.graphs[key] = entry + 1
-            main = torch.cuda.current_stream(self.device)
-            self.stream.wait_stream(main)
-            with torch.cuda.stream(self.stream):
-                bound = train_step(self.model, self.objective, self.optimizer, x, self.k, None, kl_weight)
-            main.wait_stream(self.stream)
-            bound.record_stream(main)
-            return bound
-        if isinstance(entry, int):
-            entry = self.graphs[key] = self._capture(x, kl_weight)
-        graph, static_x, static_beta, static_bound = entry
-        static_x.copy_(x)
-        if static_beta is not None:
-            static_beta.fill_(kl_weight)
-        graph.replay()
-        return static_bound
-
-    def _capture(self, x: Tensor, kl_weight: float | None) -> tuple:
-        static_x = x.clone()
-        static_beta = None if kl_weight is None else torch.full((), kl_weight, device=self.device)
-        for group in self.optimizer.param_groups:  # the value a replay reads: a tensor on the device
-            if not isinstance(group["lr"], Tensor) or group["lr"].device != self.device:
-                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
-        self.optimizer.zero_grad(set_to_none=True)  # the gradients live in the graph's memory pool
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                est = (self.objective(self.model, static_x, self.k) if static_beta is None
-                       else self.objective(self.model, static_x, self.k, kl_weight=static_beta))
-                objectives.backward(self.objective, est, self.model)
-                self.optimizer.step()
-                static_bound = est.value.sum()
-        except RuntimeError as e:
-            first = (str(e).strip().splitlines() or [""])[0][:300]
-            raise ConfigError(f"step_mode = 'cuda-graph': this step cannot be captured ({first}); "
-                              "use step_mode = 'compile' or 'eager'") from e
-        return graph, static_x, static_beta, static_bound
-
-
-def kl_weight(cfg: RunConfig, step: int, steps_per_epoch: int) -> float | None:
-    """The KL warm-up weight at optimizer step ``step`` (0-based): ``beta = min(1, step / (E S))``
-    for ``E = kl_warmup_epochs`` and ``S`` steps per epoch, a linear rise from 0 at the first step
-    to 1 after ``E`` epochs, updated every step (Sønderby et al. 2016). ``None`` when warm-up is
-    off (``E = 0``) or over, so objectives without a KL term are called as always."""
-    if cfg.kl_warmup_epochs <= 0 or step >= cfg.kl_warmup_epochs * steps_per_epoch:
-        return None
-    return step / (cfg.kl_warmup_epochs * steps_per_epoch)
-
-
-def skipped_measurements(cfg: RunConfig, variant_cls) -> dict[str, str]:
-    """Measurements this run skips, each with its reason: the variant's ``not_applicable``
-    (``"log_px"``, ``"gaps"``, ``"grad"``, ``"active_units"``), plus ``"log_px"`` whenever q is a
-    point mass and ``eval_k > 1``, and ``"ais"`` (AIS and BDMC) where the config asks for them
-    and the variant has no continuous latent (``bench.ais.unsupported``) (importance sampling would repeat one sample: the IWAE estimate
-    equals the ELBO and is no estimate of log p(x)). The loop does not compute them; the driver
-    records each as the tag ``vaebench.skipped.<name>`` of the run."""
-    out = dict(getattr(variant_cls, "not_applicable", {}))
-    if getattr(variant_cls, "deterministic_q", False) and cfg.eval_k > 1 and "log_px" not in out:
-        out["log_px"] = (
-            f"q(z | x) is a point mass: importance sampling with eval_k = {cfg.eval_k} repeats one "
-            "sample, so the estimate is the ELBO (test/elbo), not an estimate of log p(x)"
-        )
-    wants_ais = cfg.ais_size > 0 or cfg.bdmc_size > 0 or cfg.gap_log_px == "max-iwae-ais"
-    reason = metrics.ais_unsupported(variant_cls) if wants_ais else None
-    if reason and "ais" not in out:  # AIS (test/log_px_ais, the gaps' max) and BDMC (test/bdmc_gap)
-        out["ais"] = reason
-    return out
 
 
 @torch.no_grad()
@@ -362,9 +147,9 @@ def measure(
     parameters fitted first, the model frozen (``grad_fit_steps`` steps on training batches:
     ``bench.objectives.fit``). With ``gap_log_px = "max-iwae-ais"`` the gaps' log p(x) is the
     larger of IWAE and AIS per example (``ais_px``: AIS on the gap subset, if the caller has it).
-    Skipped measurements (:func:`skipped_measurements`) are not made."""
+    Skipped measurements (``bench.config.skipped_measurements``) are not made."""
     out: dict[str, float] = {}
-    skip = skipped_measurements(cfg, type(model))
+    skip = config.skipped_measurements(cfg, type(model))
     if "gaps" not in skip and (final or epoch in cfg.gap_epochs):
         gap_x = data.test[: cfg.gap_size]
         if ais_px is None and cfg.gap_log_px == "max-iwae-ais" and "ais" not in skip:
@@ -419,14 +204,14 @@ def evaluate_ais(
     return out, gap_px
 
 
-def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], None] = lambda s: None,
+def run(cfg: RunConfig, data: Dataset, log: LogFn, on_epoch: EpochFn | None = None,
         checkpoint_fn: CheckpointFn | None = None, resume: dict | None = None) -> RunResult:
     """Train and evaluate one run. ``resume``: a checkpoint of this run (``bench.checkpoint``);
     training continues after its epoch with every generator where it was, so the numbers are
     those of the uninterrupted run."""
     history: dict[str, list[tuple[int, float]]] = {}
     log = recording(log, history)
-    device = resolve_device(cfg.device)
+    device = config.resolve_device(cfg.device)
     if device.type == "cpu":
         # Subnormal floats (|x| < 1.2e-38 in float32) cost x86 CPUs many times a normal operation, and
         # Adam's first moments of weights that get (almost) no gradient (inputs that are always 0, dead
@@ -443,7 +228,7 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
         own_optimizer = objective.optimizer(cfg.lr)
     optimizer = make_optimizer(model.parameters(), cfg, device)
     step_fn = make_step(cfg, model, objective, optimizer, own_optimizer, device)
-    skip = skipped_measurements(cfg, type(model))
+    skip = config.skipped_measurements(cfg, type(model))
 
     train = data.train[: cfg.train_size] if cfg.train_size else data.train
     test = data.test[: cfg.test_size] if cfg.test_size else data.test
@@ -465,7 +250,7 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
         t0 = time.perf_counter()
         for i in range(0, n, bs):
             model.on_train_step(step)
-            beta = kl_weight(cfg, step, math.ceil(n / bs))
+            beta = kl_weight(step, cfg.kl_warmup_epochs, math.ceil(n / bs))
             total += step_fn(x_epoch[perm[i : i + bs]], beta)
             step += 1
         sync(device)
@@ -483,13 +268,14 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
         val = evaluate_elbo(model, data.val, cfg.val_k, cfg.eval_chunk)
         row = {"train/loss": -train_bound, "val/elbo": val["elbo"], "train/examples_per_s": n / dt}
         if cfg.kl_warmup_epochs:
-            row["train/kl_weight"] = kl_weight(cfg, step - 1, math.ceil(n / bs)) or 1.0
+            row["train/kl_weight"] = kl_weight(step - 1, cfg.kl_warmup_epochs, math.ceil(n / bs)) or 1.0
         if epoch < cfg.epochs:
             row.update(measure(model, cfg, data, grad_x, epoch, final=False, objective=objective))
         log(row, epoch)
-        progress(f"epoch {epoch:>3}/{cfg.epochs}  train {train_bound:9.3f}  val/elbo {val['elbo']:9.3f}  {n / dt:10,.0f} ex/s")
+        if on_epoch is not None:
+            on_epoch(epoch, row)
         if checkpoint_fn is not None:  # after the log: killed in between, the resumed run redoes
-            # this epoch and its logger drops the steps the run already has (bench.worker)
+            # this epoch and its logger drops the steps the run already has (bench.run.worker)
             state = functools.partial(checkpoint.capture, epoch, step, model, optimizer, gen, (timed_s, timed_n, train_s),
                                       objective, own_optimizer)  # called (or not) by checkpoint_fn, now
             checkpoint_fn(epoch, state)
@@ -534,6 +320,6 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, progress: Callable[[str], Non
     log(final, cfg.epochs)
     if bad:
         raise NonFiniteLoss(f"run {cfg.run_name}: non-finite final metric(s) {', '.join(bad)}")
-    log_px_msg = f"test/log_px {final['test/log_px']:.3f}" if "test/log_px" in final else "test/log_px skipped"
-    progress(f"test/elbo {final['test/elbo']:.3f}  {log_px_msg}  ({len(test) / eval_s:,.0f} eval ex/s)")
+    if on_epoch is not None:
+        on_epoch(FINAL, final)
     return RunResult(model=model, final=final, history=history)

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 HIGHER, LOWER, NEITHER = "higher", "lower", "neither"
 ARROWS = {HIGHER: "↑", LOWER: "↓", NEITHER: ""}
 
-# Per-group statistics of a gradient measurement (``bench.metrics.gradient_stats``, ``bench.snr``);
-# ``tests/test_vocabulary.py`` checks they are ``bench.metrics.GRADIENT_STATS``.
+# Per-group statistics of a gradient measurement (``bench.metrics.gradient_stats``, ``bench.snr``),
+# each logged as grad/<group>_<stat>.
 GRADIENT_STATS = ("var", "snr", "snr_lo", "snr_hi", "snr_floor", "snr_ratio", "snr_det", "snr_dropped")
 GRADIENT_GROUPS = ("encoder", "decoder", "objective")
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import variants
-from bench import ais, metrics
+from bench import ais, metrics, passes
 from tests.test_metrics import gap_oracle
 
 
@@ -31,7 +31,7 @@ def test_ais_reaches_the_exact_log_likelihood_on_the_oracle():
     model, x, _, _ = gap_oracle(correlated=True, B=20)
     exact = model.exact_log_marginal(x).detach()
     torch.manual_seed(31)
-    with metrics.evaluating(model):
+    with passes.evaluating(model):
         log_w, steps = ais.forward_chains(model, x, ais.Settings(n_chains=16, n_steps=200))
     est, se = ais._log_mean_exp(log_w), chain_se(log_w)
     err = est - exact
@@ -61,7 +61,7 @@ def test_bdmc_brackets_the_exact_log_likelihood_on_the_oracle():
     torch.manual_seed(34)
     lower, upper = metrics.bdmc(model, 30, n_chains=16, n_steps=200, data=(z, x))
     assert lower.shape == upper.shape == (30,)
-    with metrics.evaluating(model):
+    with passes.evaluating(model):
         torch.manual_seed(34)
         log_w, _ = ais.forward_chains(model, x, ais.Settings(n_chains=16, n_steps=200))
     se = (chain_se(log_w).pow(2).mean() / 30).sqrt().item()
@@ -103,7 +103,7 @@ def test_ais_is_not_below_iwae_with_the_same_budget():
     C, T, P, L = 16, 100, 4, 10
     budget = (C + P) * (T + (T - 1) * (L + 1))
     torch.manual_seed(37)
-    with metrics.evaluating(model):
+    with passes.evaluating(model):
         log_w, _ = ais.forward_chains(model, x, ais.Settings(n_chains=C, n_steps=T, leapfrog=L, pilot_chains=P))
         a, se_a = ais._log_mean_exp(log_w), chain_se(log_w)
         with torch.no_grad():
@@ -164,11 +164,11 @@ def test_ais_on_the_joint_latent_of_two_level_variants_matches_quadrature(name):
     x = (torch.rand(5, 10) > 0.5).double()
     g = torch.linspace(-8, 8, 801, dtype=torch.float64)
     z = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 1, 2)  # [G^2, 1, 2]
-    with torch.no_grad(), metrics.evaluating(model):  # eval mode: the ladder's batch norm is a fixed map
+    with torch.no_grad(), passes.evaluating(model):  # eval mode: the ladder's batch norm is a fixed map
         log_f = model.log_prior(z) + model.decode(z).log_prob(x)  # [G^2, B]
     exact = torch.logsumexp(log_f, 0) + 2 * math.log(g[1] - g[0])
     torch.manual_seed(43)
-    with metrics.evaluating(model):
+    with passes.evaluating(model):
         log_w, _ = ais.forward_chains(model, x, ais.Settings(n_chains=16, n_steps=100))
     err = ais._log_mean_exp(log_w) - exact
     assert bool((err.abs() < 5 * chain_se(log_w) + 0.01).all()), (err, chain_se(log_w))

@@ -12,6 +12,7 @@ import variants
 from bench import config, data, train
 from bench.config import RunConfig
 from bench.errors import ConfigError
+from bench.suite import load_suite
 from tests.conftest import TINY, run_cli
 from variants.base import Decoder
 
@@ -85,9 +86,9 @@ def test_adam_eps_reaches_the_optimizer(monkeypatch, digits):
 
 def test_val_size_is_checked_and_reaches_the_loader(tmp_path):
     with pytest.raises(ConfigError, match="val_size must be >= 0"):
-        config.load_suite(str(TINY), config.parse_overrides(["val_size=-1"]))
+        load_suite(str(TINY), config.parse_overrides(["val_size=-1"]))
     with pytest.raises(ConfigError, match="adam_eps must be > 0"):
-        config.load_suite(str(TINY), config.parse_overrides(["adam_eps=0"]))
+        load_suite(str(TINY), config.parse_overrides(["adam_eps=0"]))
     uri = f"sqlite:///{tmp_path}/m.db"
     r = run_cli("run", "--suite", str(TINY), "--set", "variants=vanilla", "--set", "epochs=1", "--set", "train_size=0",
                 "--set", "val_size=97", "--tracking-uri", uri, cwd=tmp_path)

@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench import cli, train
+from bench.suite import available_suites, load_suite
 from tests.conftest import TINY, run_cli
 
 FINAL = [
@@ -136,10 +137,10 @@ def test_missing_dataset_offline_is_a_clear_error(tmp_path, new_store):
 def test_nan_loss_marks_the_run_failed_and_the_suite_goes_on(tmp_path, store, capsys, monkeypatch):
     real_run = train.run
 
-    def exploding(cfg, data, log, progress=lambda s: None, **kw):
+    def exploding(cfg, data, log, on_epoch=None, **kw):
         if cfg.variant == "iwae":
             cfg.lr = 1e30  # Adam steps of 1e30 overflow the network within the first epoch
-        return real_run(cfg, data, log, progress, **kw)
+        return real_run(cfg, data, log, on_epoch, **kw)
 
     monkeypatch.setattr(train, "run", exploding)
     code, err = cli_main(["run", "--suite", str(TINY), "--tracking-uri", store, "--set", "variants=vanilla,iwae",
@@ -156,11 +157,11 @@ def test_nan_loss_marks_the_run_failed_and_the_suite_goes_on(tmp_path, store, ca
 def test_interrupt_marks_runs_killed_and_keeps_finished_ones(tmp_path, store, capsys, monkeypatch):
     real_run = train.run
 
-    def interrupted(cfg, data, log, progress=lambda s: None, **kw):
+    def interrupted(cfg, data, log, on_epoch=None, **kw):
         if cfg.variant == "iwae":
             log({"val/elbo": -1.0}, 1)
             raise KeyboardInterrupt
-        return real_run(cfg, data, log, progress, **kw)
+        return real_run(cfg, data, log, on_epoch, **kw)
 
     monkeypatch.setattr(train, "run", interrupted)
     code, err = cli_main(["run", "--suite", str(TINY), "--tracking-uri", store, "--set", "epochs=1"], capsys)
@@ -186,10 +187,9 @@ def test_list_names_everything(capsys):
 
 
 def test_every_shipped_suite_expands_to_valid_runs():
-    from bench import config
 
-    for name in config.available_suites():
-        suite = config.load_suite(name)
+    for name in available_suites():
+        suite = load_suite(name)
         assert suite.runs and suite.description, name
 
 
@@ -205,11 +205,11 @@ def test_a_crashing_run_is_failed_with_its_traceback_and_the_suite_goes_on(store
     traceback is printed (it is not a user mistake), the other runs finish, the exit code is 1."""
     real_run = train.run
 
-    def crashing(cfg, data, log, progress=lambda s: None, **kw):
+    def crashing(cfg, data, log, on_epoch=None, **kw):
         if cfg.variant == "vanilla":
             log({"val/elbo": -50.0}, 1)
             raise RuntimeError("simulated out of memory")
-        return real_run(cfg, data, log, progress, **kw)
+        return real_run(cfg, data, log, on_epoch, **kw)
 
     monkeypatch.setattr(train, "run", crashing)
     code, err = cli_main(["run", "--suite", str(TINY), "--tracking-uri", store, "--set", "variants=vanilla,iwae",

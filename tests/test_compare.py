@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from bench import cli, compare
+from bench import cli
 from bench.errors import BenchError
+from bench.plots import compare
 from tests.conftest import TINY, run_cli
 
 RUN = ["--suite", str(TINY), "--set", "variants=vanilla", "--set", "seeds=0,1,2"]

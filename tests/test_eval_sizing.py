@@ -1,5 +1,5 @@
 """Evaluation passes sized for the device (``chunk = 0``): the bytes a log-weight costs are
-measured on the model, a pass holds about ``bench.metrics.pass_bytes`` of tensors, an explicit
+measured on the model, a pass holds about ``bench.passes.pass_bytes`` of tensors, an explicit
 chunk is honoured, and the gaps, AIS and the validation ELBO follow the same rule."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import variants
-from bench import ais, metrics, train
+from bench import ais, metrics, passes, train
 from bench.config import RunConfig
 
 
@@ -37,29 +37,29 @@ def test_allocated_bytes_counts_new_tensors_and_leaves_the_random_stream_alone()
     torch.manual_seed(3)
     expected = torch.rand(5)
     torch.manual_seed(3)
-    assert metrics.allocated_bytes(fn) == 5000
+    assert passes.allocated_bytes(fn) == 5000
     torch.testing.assert_close(torch.rand(5), expected)  # the probe's draw is not seen
 
 
 def test_a_pass_holds_the_cpu_budget_measured_per_log_weight():
     model, x = KnownCost(), torch.zeros(13, 2)
     per_lw = 100 * 4 + 4 + 4  # the [k, B, 100] tensor, its [k, B] sum and the sum's sum; the encoder cancels
-    assert metrics.log_weight_chunk(model, x) == metrics.CPU_PASS_BYTES // per_lw
+    assert metrics.log_weight_chunk(model, x) == passes.CPU_PASS_BYTES // per_lw
     assert metrics.log_weight_chunk(model, x, chunk=123) == 123  # an explicit value is honoured
     probes = len(model.calls)
-    assert metrics.log_weight_chunk(model, x) == metrics.CPU_PASS_BYTES // per_lw and len(model.calls) == probes  # kept
+    assert metrics.log_weight_chunk(model, x) == passes.CPU_PASS_BYTES // per_lw and len(model.calls) == probes  # kept
     metrics.log_weight_chunk(model, torch.zeros(13, 3))  # another input shape: measured again
     assert len(model.calls) == probes + 2
 
 
-@pytest.mark.parametrize("k, chunk, passes", [(1000, 1600, (1, 1000)), (50, 7, (1, 7)), (5, 100, (13, 5)), (5, 12, (2, 5))])
-def test_an_examples_samples_stay_in_one_pass_first(k, chunk, passes):
+@pytest.mark.parametrize("k, chunk, split", [(1000, 1600, (1, 1000)), (50, 7, (1, 7)), (5, 100, (13, 5)), (5, 12, (2, 5))])
+def test_an_examples_samples_stay_in_one_pass_first(k, chunk, split):
     """``log_weight_moments`` calls ``log_weights`` with at most ``chunk`` log-weights, all ``k``
     samples of an example together where they fit (an example's encoder pass is not repeated)."""
     model = KnownCost()
     metrics.log_weight_moments(model, torch.zeros(13, 2), k, chunk=chunk)
     assert max(kk * b for kk, b in model.calls) <= max(chunk, 1)
-    assert (model.calls[0][1], model.calls[0][0]) == passes
+    assert (model.calls[0][1], model.calls[0][0]) == split
     assert sum(kk * b for kk, b in model.calls) == 13 * k
 
 
@@ -71,7 +71,7 @@ def test_the_default_chunk_of_a_784_pixel_model_is_bytes_not_a_count():
     model = variants.build("vanilla", x_shape=(784,), latent_dim=32, hidden=(512, 512), activation="relu").eval()
     x = (torch.rand(8, 784) > 0.5).float()
     chunk = metrics.log_weight_chunk(model, x)
-    per_lw = metrics.CPU_PASS_BYTES / chunk
+    per_lw = passes.CPU_PASS_BYTES / chunk
     assert 4 * (784 * 3 + 2 * 512) <= per_lw <= 4 * (784 * 12 + 4 * 512), per_lw
     small = variants.build("vanilla", x_shape=(64,), latent_dim=8, hidden=(64, 64)).eval()
     assert metrics.log_weight_chunk(small, x[:, :64]) > 5 * chunk  # a smaller model: more log-weights a pass
@@ -84,13 +84,13 @@ def test_the_default_chunk_of_a_784_pixel_model_is_bytes_not_a_count():
 
 def test_on_cuda_a_pass_takes_a_share_of_the_free_memory(monkeypatch):
     """Mocked GPU: a quarter of the free memory divided among the runs sharing the GPU
-    (``VAEBENCH_RUNS_PER_GPU``, which ``--runs-per-gpu`` sets in its workers), at most 4 GiB."""
+    (``passes.set_gpu_share``, which a worker calls with its job's share), at most 4 GiB."""
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (64 * 2**30, 80 * 2**30))
-    monkeypatch.delenv("VAEBENCH_RUNS_PER_GPU", raising=False)
-    assert metrics.pass_bytes("cuda") == metrics.CUDA_PASS_MAX_BYTES  # 16 GiB, capped
-    monkeypatch.setenv("VAEBENCH_RUNS_PER_GPU", "8")
-    assert metrics.pass_bytes("cuda") == 2 * 2**30  # 64 GiB / 4 / 8
-    assert metrics.pass_bytes("cpu") == metrics.CPU_PASS_BYTES
+    monkeypatch.setattr(passes, "_GPU_SHARE", [1])
+    assert passes.pass_bytes("cuda") == passes.CUDA_PASS_MAX_BYTES  # 16 GiB, capped
+    passes.set_gpu_share(8)
+    assert passes.pass_bytes("cuda") == 2 * 2**30  # 64 GiB / 4 / 8
+    assert passes.pass_bytes("cpu") == passes.CPU_PASS_BYTES
 
 
 def test_ais_sizes_its_passes_by_a_decoder_pass_with_its_gradient():

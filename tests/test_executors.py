@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bench import server, ui
+from bench.store import server, ui
 from tests.conftest import TINY, TINY_EPOCHS, run_cli
 from tests.runs import (
     Cli,

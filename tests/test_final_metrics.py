@@ -11,6 +11,7 @@ import pytest
 import variants
 from bench import config, train
 from bench import data as datasets
+from bench.suite import load_suite
 
 TINY = {
     "epochs": 1, "batch_size": 100, "latent_dim": 3, "hidden": [16], "train_size": 200, "test_size": 30,
@@ -45,7 +46,7 @@ def test_ais_bdmc_and_the_gaps_lower_bound_are_logged(digits):
     assert {"test/log_px_ais", "test/bdmc_gap", "gap/local_no_gain"} <= set(f)
     assert all(math.isfinite(f[k]) for k in ("test/log_px_ais", "test/bdmc_gap"))
     assert f["test/bdmc_gap"] > -0.5  # upper - lower: a bracket (up to Monte Carlo noise)
-    assert "ais" not in train.skipped_measurements(r_cfg("vanilla"), variants.get("vanilla"))
+    assert "ais" not in config.skipped_measurements(r_cfg("vanilla"), variants.get("vanilla"))
     assert {f"grad/encoder_{s}" for s in ("snr_lo", "snr_hi", "snr_floor", "snr_ratio")} <= set(f)
     # with AIS off the gaps are IWAE's and nothing AIS is logged
     off = run("vanilla", digits, ais_size=0, bdmc_size=0, gap_log_px="iwae").final
@@ -55,7 +56,7 @@ def test_ais_bdmc_and_the_gaps_lower_bound_are_logged(digits):
 def test_discrete_latents_skip_ais_with_the_reason(digits):
     r = run("gumbel-softmax", digits, variant_options={"n_latent": 2, "n_classes": 3})
     assert not {"test/log_px_ais", "test/bdmc_gap"} & set(r.final)
-    skipped = train.skipped_measurements(r_cfg("gumbel-softmax"), variants.get("gumbel-softmax"))
+    skipped = config.skipped_measurements(r_cfg("gumbel-softmax"), variants.get("gumbel-softmax"))
     assert "discrete" in skipped["ais"]
     assert all(math.isfinite(v) for k, v in r.final.items() if not k.startswith("grad/"))
 
@@ -70,7 +71,7 @@ def test_config_checks_the_new_keys(tmp_path):
     suite = tmp_path / "s.toml"
     suite.write_text('[defaults]\ngap_log_px = "ais"\n[[grid]]\nvariants = ["vanilla"]\n')
     with pytest.raises(config.ConfigError, match="gap_log_px must be one of iwae, max-iwae-ais"):
-        config.load_suite(str(suite))
+        load_suite(str(suite))
     suite.write_text("[defaults]\nais_steps = 0\n[[grid]]\nvariants = [\"vanilla\"]\n")
     with pytest.raises(config.ConfigError, match="ais_steps must be >= 1"):
-        config.load_suite(str(suite))
+        load_suite(str(suite))

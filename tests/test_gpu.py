@@ -11,34 +11,35 @@ import pytest
 import torch
 
 import variants
-from bench import executors, metrics, objectives, runner, train
+from bench import metrics, objectives, passes
+from bench import step as steps
 from bench.config import RunConfig
+from bench.run import executors, plan
 
 
 def test_runs_per_gpu_8_plans_8_concurrent_runs_on_one_gpu(monkeypatch):
     """8 seeds of one config, ``--jobs auto --runs-per-gpu 8`` on a machine with one (mocked) GPU:
     8 worker slots, all on GPU 0, every run on ``cuda``; a worker's environment pins it to its GPU
-    and says that 8 runs share it (``VAEBENCH_RUNS_PER_GPU``, by which its evaluations size their
-    memory, ``bench.metrics.pass_bytes``)."""
+    and its jobs say that 8 runs share it (``Job.gpu_share``, by which its evaluations size their
+    memory, ``bench.passes.pass_bytes``)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(executors, "start_fork_server", lambda: None)  # no processes: the plan only
-    opts = runner.Options(suite="smoke", set=["variants=vanilla", "seeds=0,1,2,3,4,5,6,7"], jobs="auto", runs_per_gpu=8)
-    _, planned, _ = runner.plan(opts)
-    ex = runner.make_executor(opts, planned, lambda *a: None)
+    opts = plan.Options(suite="smoke", set=["variants=vanilla", "seeds=0,1,2,3,4,5,6,7"], jobs="auto", runs_per_gpu=8)
+    _, planned, _ = plan.plan(opts)
+    ex = executors.make_executor(opts, planned, lambda *a: None)
     assert isinstance(ex, executors.LocalProcesses) and ex.capacity == 8
     assert [s.gpu for s in ex.slots] == ["0"] * 8 and ex.runs_per_gpu == 8
     assert len(planned) == 8 and {p.device for p in planned} == {"cuda"}
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored after the test
-    monkeypatch.setenv("VAEBENCH_RUNS_PER_GPU", "")
-    executors.pin_gpu(ex.slots[3].gpu, ex.runs_per_gpu)
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0" and os.environ["VAEBENCH_RUNS_PER_GPU"] == "8"
+    executors.pin_gpu(ex.slots[3].gpu)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     # with --runs-per-gpu 4 on two GPUs: 4 on each
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     opts.runs_per_gpu = 4
-    ex = runner.make_executor(opts, planned, lambda *a: None)
+    ex = executors.make_executor(opts, planned, lambda *a: None)
     assert [s.gpu for s in ex.slots] == ["0"] * 4 + ["1"] * 4
 
 
@@ -54,8 +55,8 @@ def _trajectory(mode: str, variant: str, objective: str, seed: int = 1, steps: i
     x = (torch.rand(48, 64, device=DEV) > 0.5).float()
     warm = objectives.spec(objective).warmup
     cfg = RunConfig(variant=variant, objective=objective, k=2, step_mode=mode, device="cuda")
-    opt = train.make_optimizer(model.parameters(), cfg, DEV)
-    step = train.make_step(cfg, model, objectives.build(objective), opt, None, DEV)
+    opt = steps.make_optimizer(model.parameters(), cfg, DEV)
+    step = steps.make_step(cfg, model, objectives.build(objective), opt, None, DEV)
     torch.manual_seed(seed)
     bounds = []
     for i in range(steps):
@@ -86,14 +87,14 @@ def test_an_eager_step_does_not_synchronize_with_the_device(variant, objective):
     model = variants.build(variant, x_shape=(64,), latent_dim=4, hidden=(32,)).to(DEV)
     x = (torch.rand(32, 64, device=DEV) > 0.5).float()
     cfg = RunConfig(variant=variant, objective=objective, k=2, device="cuda")
-    opt = train.make_optimizer(model.parameters(), cfg, DEV)
+    opt = steps.make_optimizer(model.parameters(), cfg, DEV)
     obj = objectives.build(objective)
-    train.train_step(model, obj, opt, x, 2)
+    steps.train_step(model, obj, opt, x, 2)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
-            train.train_step(model, obj, opt, x, 2)
+            steps.train_step(model, obj, opt, x, 2)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -111,6 +112,6 @@ def test_the_default_chunk_fits_the_gpus_free_memory():
     model = variants.build("vanilla", x_shape=(784,), latent_dim=32, hidden=(512, 512), activation="relu").to(DEV).eval()
     x = (torch.rand(8, 784, device=DEV) > 0.5).float()
     chunk = metrics.log_weight_chunk(model, x)
-    assert 1 <= chunk <= metrics.pass_bytes(DEV) // (4 * 784)  # a log-weight holds at least its 784 logits
+    assert 1 <= chunk <= passes.pass_bytes(DEV) // (4 * 784)  # a log-weight holds at least its 784 logits
     ll = metrics.log_likelihood(model, x, k=1000)
     assert ll.shape == (8,) and bool(torch.isfinite(ll).all())

@@ -23,7 +23,7 @@
    after a synchronize on a GPU, ``perf_counter`` on CPU).
 
 2. **Micro-benchmarks** (pytest-benchmark) of every registered variant on digits-sized inputs
-   (64 dimensions, batch 128): its training step (``bench.train.train_step`` with its default
+   (64 dimensions, batch 128): its training step (``bench.step.train_step`` with its default
    objective and k) and ``bench.metrics.log_likelihood``. CPU threads: ``PERF_THREADS`` (default 1:
    on shared cores multi-threaded eager torch slows down many times over when another process is
    busy). Device and threads go to ``benchmark.extra_info`` with the examples per second.
@@ -44,10 +44,11 @@ from torch import nn
 from torch.nn import functional as F
 
 import variants
-from bench import data, metrics, objectives, train
+from bench import data, metrics, objectives, schedules, train
+from bench import step as steps
 from bench.config import RunConfig
 from bench.errors import DatasetUnavailable
-from bench.train import train_step
+from bench.step import train_step
 
 pytestmark = pytest.mark.perf
 
@@ -153,8 +154,8 @@ def test_side_by_side_training_step(fashion, capsys):
                     batch_size=FM_BATCH, lr=LR)
     model = train.build_model(cfg, fashion).to(DEVICE).train()
     objective = objectives.build("elbo")
-    optimizer = train.make_optimizer(model.parameters(), cfg, DEVICE)
-    step_fn = train.make_step(cfg, model, objective, optimizer, None, DEVICE)
+    optimizer = steps.make_optimizer(model.parameters(), cfg, DEVICE)
+    step_fn = steps.make_step(cfg, model, objective, optimizer, None, DEVICE)
     ref = Reference().to(DEVICE)
     ref_opt = torch.optim.Adam(ref.parameters(), lr=LR)
     ref_fused = Reference().to(DEVICE)
@@ -170,7 +171,7 @@ def test_side_by_side_training_step(fashion, capsys):
         total = torch.zeros((), device=DEVICE)
         for i in range(TRAIN_STEPS):
             model.on_train_step(state["step"])
-            beta = train.kl_weight(cfg, state["step"], n_per_epoch)
+            beta = schedules.kl_weight(state["step"], cfg.kl_warmup_epochs, n_per_epoch)
             total += step_fn(x_epoch[perm[i * FM_BATCH : (i + 1) * FM_BATCH]], beta)
             state["step"] += 1
         return total
@@ -331,7 +332,7 @@ def test_train_step(benchmark, name):
     torch.manual_seed(0)
     model = build(name).train()
     objective = objectives.build(model.default_objective)
-    optimizer = train.make_optimizer(model.parameters(), RunConfig(), DEVICE)
+    optimizer = steps.make_optimizer(model.parameters(), RunConfig(), DEVICE)
     own = objective.to(DEVICE).optimizer(1e-3) if isinstance(objective, nn.Module) else None
     x = digits_like(model, BATCH)
     record(benchmark, BATCH)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+import tomllib
 
 import pandas as pd
 import pytest
@@ -13,8 +14,9 @@ import pytest
 pytest.importorskip("mlflow")
 from mlflow import MlflowClient
 
-from bench import config, plots
+from bench import plots
 from bench.errors import ConfigError
+from bench.suite import available_suites, load_published, load_suite, parse_published
 from tests.test_plots import LOG_PX, PNG_MAGIC, _child
 
 SUITE = """
@@ -44,7 +46,7 @@ def suite_file(tmp_path, text):
 
 
 def test_a_published_table_is_parsed_and_keyed_by_run_config(tmp_path):
-    suite = config.load_suite(str(suite_file(tmp_path, SUITE + PUBLISHED)))
+    suite = load_suite(str(suite_file(tmp_path, SUITE + PUBLISHED)))
     pub = suite.published
     assert pub.citation.startswith("Somebody") and pub.table == "Table 1" and len(pub.rows) == 3
     row = pub.rows[0]
@@ -52,8 +54,8 @@ def test_a_published_table_is_parsed_and_keyed_by_run_config(tmp_path):
     assert row.values == {"test/log_px": -30.5, "test/kl": 4.0}
     run = suite.runs[0].params() | {"k": "5", "objective": "elbo"}
     assert row.matches(run) and not row.matches(run | {"k": "1"}) and not pub.rows[1].matches(run)
-    assert config.load_published(str(tmp_path / "s.toml")).rows == pub.rows
-    assert config.load_suite(str(suite_file(tmp_path, SUITE))).published is None
+    assert load_published(str(tmp_path / "s.toml")).rows == pub.rows
+    assert load_suite(str(suite_file(tmp_path, SUITE))).published is None
 
 
 @pytest.mark.parametrize("broken, says", [
@@ -70,7 +72,7 @@ def test_a_published_table_is_parsed_and_keyed_by_run_config(tmp_path):
 ])
 def test_a_broken_published_table_is_one_clear_error(tmp_path, broken, says):
     with pytest.raises(ConfigError, match=says):
-        config.load_suite(str(suite_file(tmp_path, SUITE + "[published]\n" + broken)))
+        load_suite(str(suite_file(tmp_path, SUITE + "[published]\n" + broken)))
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ def ks_store(tmp_path_factory):
 
 
 def test_the_report_and_csv_put_published_beside_ours(ks_store, tmp_path, capsys):
-    published = config.parse_published(config.tomllib.loads(PUBLISHED)["published"], "test")
+    published = parse_published(tomllib.loads(PUBLISHED)["published"], "test")
     paths = plots.draw("pub", tmp_path, ks_store, published=published)
     assert "published.png" in {p.name for p in paths}
     assert (tmp_path / "pub" / "published.png").read_bytes()[:8] == PNG_MAGIC
@@ -122,7 +124,7 @@ def test_the_report_and_csv_put_published_beside_ours(ks_store, tmp_path, capsys
 
 
 def test_unmatched_and_ambiguous_published_rows_are_reported(ks_store, tmp_path, capsys):
-    published = config.parse_published(config.tomllib.loads(textwrap.dedent("""
+    published = parse_published(tomllib.loads(textwrap.dedent("""
         [published]
         citation = "c"
         table = "T"
@@ -149,8 +151,8 @@ def test_a_suite_without_published_numbers_is_unchanged(ks_store, tmp_path):
 def test_the_reproduction_suites_published_tables_load():
     """Every committed suite validates, and the reproduction suites key each published row to a
     run of their grid (a typo in a key would leave a published number without its run)."""
-    for name in config.available_suites():
-        suite = config.load_suite(name)
+    for name in available_suites():
+        suite = load_suite(name)
         if suite.published is None:
             continue
         for i, row in enumerate(suite.published.rows, 1):

@@ -12,7 +12,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from bench import cli, config, data, metrics, objectives, remeasure, tracking, train
+from bench import cli, config, data, metrics, objectives, train
+from bench.run import remeasure
+from bench.store import tracking
+from bench.suite import load_suite
 from tests.conftest import TINY
 from tests.runs import children
 
@@ -25,8 +28,8 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, int, float]]:
 
 def _reloaded(client, run) -> tuple:
     """The run's suite config, its dataset and its model with the stored final weights, rebuilt
-    here without bench.remeasure."""
-    cfg = next(r for r in config.load_suite(str(TINY), config.parse_overrides(["variants=vanilla,iwae", "epochs=1"])).runs
+    here without bench.run.remeasure."""
+    cfg = next(r for r in load_suite(str(TINY), config.parse_overrides(["variants=vanilla,iwae", "epochs=1"])).runs
                if r.run_name == run.info.run_name)
     cfg.device = "cpu"
     ds = data.load(cfg.dataset, binarization=cfg.binarization, data_dir=cfg.data_dir, device="cpu")
@@ -54,8 +57,8 @@ def test_remeasure_logs_new_final_values_into_the_same_runs(store, capsys):
     for rid, run in after.items():
         old = before[rid]
         assert run.info.status == "FINISHED" and run.data.tags["git_commit"] == old.data.tags["git_commit"]
-        assert run.data.tags[remeasure.TAG_COMMIT] == commit
-        assert run.data.tags[remeasure.TAG_MEASUREMENTS] == "grad,log_px"
+        assert run.data.tags[tracking.TAG_REMEASURED_COMMIT] == commit
+        assert run.data.tags[tracking.TAG_REMEASURED_MEASUREMENTS] == "grad,log_px"
         for key in [*grad_keys[rid], "test/log_px"]:
             h = _history(client, rid, key)
             # the old value and the new one, both at the final step, the new one later and the latest

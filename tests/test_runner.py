@@ -20,10 +20,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from bench import checkpoint, cli, config, data, executors, runner, tracking, train
+from bench import cli, data, train
 from bench.config import RunConfig
-from bench.progress import SuiteProgress
-from bench.worker import RunLogger
+from bench.errors import ConfigError
+from bench.run import executors, plan
+from bench.run.progress import SuiteProgress, run_line
+from bench.run.worker import RunLogger
+from bench.store import checkpoints, tracking
+from bench.suite import available_suites, load_suite
 from tests.conftest import ROOT, TINY
 from tests.runs import (
     TIMINGS,
@@ -55,20 +59,20 @@ def _other(value):
 def test_run_key_known_answer_and_what_enters_it():
     base = RunConfig()
     # the default config hashes only the format version and the device type
-    assert runner.run_key(base, "cpu") == hashlib.sha256(b'{"device":"cpu","v":1}').hexdigest()[:20]
-    assert runner.run_key(base, "cuda:1") == runner.run_key(base, "cuda") != runner.run_key(base, "cpu")
-    for name in runner.KEY_FIELDS:  # every field that says what is computed changes the key
+    assert plan.run_key(base, "cpu") == hashlib.sha256(b'{"device":"cpu","v":1}').hexdigest()[:20]
+    assert plan.run_key(base, "cuda:1") == plan.run_key(base, "cuda") != plan.run_key(base, "cpu")
+    for name in plan.KEY_FIELDS:  # every field that says what is computed changes the key
         changed = dataclasses.replace(base, **{name: _other(getattr(base, name))})
-        assert runner.run_key(changed, "cpu") != runner.run_key(base, "cpu"), name
+        assert plan.run_key(changed, "cpu") != plan.run_key(base, "cpu"), name
     for name in ("threads", "data_dir"):  # how and where a run executes does not
         changed = dataclasses.replace(base, **{name: _other(getattr(base, name))})
-        assert runner.run_key(changed, "cpu") == runner.run_key(base, "cpu"), name
-    assert set(runner.KEY_FIELDS) | set(runner.NOT_IN_KEY) == {f.name for f in dataclasses.fields(RunConfig)}
+        assert plan.run_key(changed, "cpu") == plan.run_key(base, "cpu"), name
+    assert set(plan.KEY_FIELDS) | set(plan.NOT_IN_KEY) == {f.name for f in dataclasses.fields(RunConfig)}
 
 
 def test_every_shipped_suite_has_one_run_per_key():
-    for name in config.available_suites():
-        keys = [runner.run_key(r, "cpu") for r in config.load_suite(name).runs]
+    for name in available_suites():
+        keys = [plan.run_key(r, "cpu") for r in load_suite(name).runs]
         assert len(set(keys)) == len(keys), name
 
 
@@ -160,7 +164,7 @@ def test_sample_grids_layout(tmp_path):
     """Three 2x2 images of values 0, 1/4 and 1 in rows of 2, padding 1 of 0.5: known pixels."""
     from PIL import Image
 
-    from bench.worker import save_grid
+    from bench.plots.curves import save_grid
 
     images = torch.stack([torch.full((1, 2, 2), v) for v in (0.0, 0.25, 1.0)])
     save_grid(images, tmp_path / "g.png", nrow=2, padding=1, pad_value=0.5)
@@ -180,16 +184,16 @@ def test_artifact_checkpoints_commit_by_tag(store):
     neither files nor tag."""
     client = MlflowClient(store)
     run_id = client.create_run(client.create_experiment("t")).info.run_id
-    store_ = checkpoint.ArtifactCheckpoints(client, run_id)
+    store_ = checkpoints.ArtifactCheckpoints(client, run_id)
     assert store_.latest() is None
     for epoch in (1, 2):
         store_.save({"format": 1, "epoch": epoch, "x": torch.arange(3) * epoch})
-    again = checkpoint.ArtifactCheckpoints(client, run_id)  # a new process reads it back
+    again = checkpoints.ArtifactCheckpoints(client, run_id)  # a new process reads it back
     assert again.latest()["epoch"] == 2 and again.latest()["x"].tolist() == [0, 2, 4]
     assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/epoch-000002.pt"]
     again.clear()
     assert client.list_artifacts(run_id, "checkpoints") == []
-    assert checkpoint.TAG not in client.get_run(run_id).data.tags
+    assert tracking.TAG_CHECKPOINT not in client.get_run(run_id).data.tags
 
 
 # -- liveness, placement, progress -----------------------------------------------------------------
@@ -222,13 +226,14 @@ def test_heartbeat_refreshes_the_lease_and_reads_the_run_back(store):
 
 def test_a_worker_whose_attempt_was_superseded_leaves_the_run_alone(store):
     """The fence: a job handed out before another attempt took the run over does nothing."""
-    from bench.worker import Job, execute
+    from bench.run.job import Job
+    from bench.run.worker import execute
 
     client = MlflowClient(store)
     run_id = client.create_run(client.create_experiment("t"), tags={"vaebench.attempt": "newer"}).info.run_id
     client.update_run(run_id, status="SCHEDULED")
     job = Job(uri=store, run_id=run_id, attempt="older", run_key="k", run_name="n",
-              config=dataclasses.asdict(RunConfig(device="cpu")), threads=1)
+              cfg=RunConfig(device="cpu"), threads=1)
     assert execute(job).status == "SUPERSEDED"
     run = client.get_run(run_id)
     assert run.info.status == "SCHEDULED" and not run.data.metrics and "vaebench.pid" not in run.data.tags
@@ -240,28 +245,28 @@ def test_how_a_worker_died_in_words():
     assert executors.died(1) == "worker process exited with code 1 before reporting"
 
 
-def _planned(n: int, **cfg) -> list[runner.Planned]:
-    return [runner.Planned(i, RunConfig(seed=i, **cfg), {}) for i in range(n)]
+def _planned(n: int, **cfg) -> list[plan.Planned]:
+    return [plan.Planned(i, RunConfig(seed=i, **cfg), {}) for i in range(n)]
 
 
 def test_jobs_auto_fills_the_cores_or_the_gpus():
     runs = _planned(10, threads=1)
-    assert runner.place_local(runs, None, cores=8, n_gpus=0, default_threads=8) == 8
+    assert executors.place_local(runs, None, cores=8, n_gpus=0, default_threads=8) == 8
     assert {p.device for p in runs} == {"cpu"} and {p.threads for p in runs} == {1}
     runs = _planned(10, threads=4)
-    assert runner.place_local(runs, None, cores=8, n_gpus=0, default_threads=8) == 2
+    assert executors.place_local(runs, None, cores=8, n_gpus=0, default_threads=8) == 2
     runs = _planned(10)  # threads = 0: torch's default alone, a share of the cores with others
-    assert runner.place_local(runs, None, cores=8, n_gpus=0, default_threads=8) == 1 and runs[0].threads == 8
-    assert runner.place_local(runs, 4, cores=8, n_gpus=0, default_threads=8) == 4 and runs[0].threads == 2
-    assert runner.place_local(_planned(3, threads=1), None, cores=8, n_gpus=0, default_threads=8) == 3
+    assert executors.place_local(runs, None, cores=8, n_gpus=0, default_threads=8) == 1 and runs[0].threads == 8
+    assert executors.place_local(runs, 4, cores=8, n_gpus=0, default_threads=8) == 4 and runs[0].threads == 2
+    assert executors.place_local(_planned(3, threads=1), None, cores=8, n_gpus=0, default_threads=8) == 3
     runs = _planned(20, threads=1)  # on CUDA: GPUs x runs per GPU
-    assert runner.place_local(runs, None, cores=16, n_gpus=2, default_threads=1, runs_per_gpu=4) == 8
+    assert executors.place_local(runs, None, cores=16, n_gpus=2, default_threads=1, runs_per_gpu=4) == 8
     assert {p.device for p in runs} == {"cuda"}
     assert [executors.gpu_of_slot(i, ["0", "1"], 4) for i in range(8)] == ["0"] * 4 + ["1"] * 4
     assert [executors.gpu_of_slot(i, ["3", "5"], 1) for i in range(3)] == ["3", "5", "3"]
-    assert runner.place_local(_planned(2, device="cpu"), None, cores=4, n_gpus=2, default_threads=1) == 1
-    with pytest.raises(runner.ConfigError, match="CUDA is not available"):
-        runner.place_local(_planned(2, device="cuda"), None, cores=4, n_gpus=0, default_threads=1)
+    assert executors.place_local(_planned(2, device="cpu"), None, cores=4, n_gpus=2, default_threads=1) == 1
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        executors.place_local(_planned(2, device="cuda"), None, cores=4, n_gpus=0, default_threads=1)
 
 
 def test_progress_lines(monkeypatch):
@@ -274,7 +279,7 @@ def test_progress_lines(monkeypatch):
     pr.start("a", "[1/3] a", 30)
     clock[0] += 30
     for e in range(1, 7):
-        pr.update("a", e, f"epoch {e:>3}/30")
+        pr.update("a", e)  # a remote worker: the epoch only
     # 6 of 60 epochs in 30 s: 54 to go take 270 s
     assert pr.suite_line() == "suite tiny: 0 done, 1 running, 0 failed, 1 to go, 1 reused; elapsed 0:30, ETA 4:30"
     pr.finish("a", True, "[1/3] a finished")
@@ -288,7 +293,11 @@ def test_progress_lines(monkeypatch):
     pr = SuiteProgress("tiny", to_run=1, reused=0, stream=tty, tty=True)
     pr.plan_epochs(4)
     pr.start("b", "[1/1] b", 4)
-    pr.update("b", 2, "epoch   2/4  val/elbo -3.0")
+    row = {"train/loss": 3.25, "val/elbo": -3.0, "train/examples_per_s": 12345.6}
+    assert run_line(2, 4, row) == "epoch   2/4  train    -3.250  val/elbo    -3.000      12,346 ex/s"
+    assert run_line(-1, 4, {"test/elbo": -3.5, "perf/eval_examples_per_s": 2e4}) == (
+        "test/elbo -3.500  test/log_px skipped  (20,000 eval ex/s)")
+    pr.update("b", 2, row)
     pr.finish("b", True, "[1/1] b finished")
     screen = tty.getvalue()
     assert "\x1b[2F\x1b[J" in screen  # the live block (suite line + one run) is redrawn in place
@@ -337,7 +346,7 @@ def test_finished_runs_are_reused_and_fresh_recomputes(store, capsys):
     assert sorted(fresh) == sorted(first)
     # a FINISHED run of another commit is not reused (a new commit means new numbers)
     client = MlflowClient(store)
-    vanilla = next(p for p in config.load_suite(str(TINY)).runs if p.variant == "vanilla")
+    vanilla = next(p for p in load_suite(str(TINY)).runs if p.variant == "vanilla")
     for r in runs:
         if r.info.run_name == vanilla.run_name:
             client.set_tag(r.info.run_id, "git_commit", "another-commit")

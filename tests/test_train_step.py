@@ -15,9 +15,11 @@ from torch.distributions import Independent, Normal, kl_divergence
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import variants
-from bench import objectives, train
+from bench import config, objectives, train
+from bench import step as steps
 from bench.config import RunConfig
 from bench.errors import ConfigError
+from bench.suite import load_suite
 from variants.base import Lazy, diag_gaussian
 
 
@@ -141,7 +143,7 @@ def _cases():
 @pytest.mark.parametrize("name, objective", list(_cases()))
 def test_no_training_step_reads_a_tensor_back_to_the_host(name, objective):
     """Every variant with every objective that applies to it (the VQ-VAE with its EMA codebook,
-    a KL warm-up where the objective has one): no op of ``bench.train.train_step`` (forward,
+    a KL warm-up where the objective has one): no op of ``bench.step.train_step`` (forward,
     backward, Adam) reads a value back to the host, so nothing in a step waits for a GPU. The
     step counters of a trainable objective's own (for-loop) Adam are host tensors on a GPU too."""
     torch.manual_seed(0)
@@ -149,27 +151,27 @@ def test_no_training_step_reads_a_tensor_back_to_the_host(name, objective):
     model = variants.build(name, x_shape=(16,), latent_dim=4, hidden=(8,), **options).train()
     x = torch.randn(6, 16) if name == "linear-gaussian" else (torch.rand(6, 16) > 0.5).float()
     obj = objectives.build(objective)
-    opt = train.make_optimizer(model.parameters(), RunConfig(), torch.device("cpu"))
+    opt = steps.make_optimizer(model.parameters(), RunConfig(), torch.device("cpu"))
     own = obj.optimizer(1e-3) if isinstance(obj, torch.nn.Module) else None
     beta = 0.5 if objectives.spec(objective).warmup else None
     k = 3
-    train.train_step(model, obj, opt, x, k, own, beta)  # creates the optimizers' state
+    steps.train_step(model, obj, opt, x, k, own, beta)  # creates the optimizers' state
     model.on_train_step(1)
     with HostReads(allowed=_steps(own)) as h:
-        train.train_step(model, obj, opt, x, k, own, beta)
+        steps.train_step(model, obj, opt, x, k, own, beta)
     assert not h.hits, f"{name}/{objective} reads back to the host: {h.hits}"
 
 
 # -- Adam ---------------------------------------------------------------------------------------------
 def test_the_cpu_optimizer_is_fused_adam_with_the_for_loop_update():
-    """On CPU :func:`bench.train.make_optimizer` is Adam with ``fused=True``; 20 steps of it
+    """On CPU :func:`bench.step.make_optimizer` is Adam with ``fused=True``; 20 steps of it
     follow torch's default (for-loop) Adam within float64 rounding, with the config's lr and eps;
     the power check: another eps is visible."""
     torch.manual_seed(0)
     cfg = RunConfig(lr=1e-2, adam_eps=1e-4)
     ps = [torch.randn(7, 3, dtype=torch.double, requires_grad=True), torch.randn(5, dtype=torch.double, requires_grad=True)]
     runs = {}
-    for label, make in {"fused": lambda p: train.make_optimizer(p, cfg, torch.device("cpu")),
+    for label, make in {"fused": lambda p: steps.make_optimizer(p, cfg, torch.device("cpu")),
                         "for-loop": lambda p: torch.optim.Adam(p, lr=1e-2, eps=1e-4, foreach=False),
                         "other eps": lambda p: torch.optim.Adam(p, lr=1e-2, eps=1e-8, foreach=False)}.items():
         p = [q.detach().clone().requires_grad_(True) for q in ps]
@@ -191,10 +193,10 @@ def test_set_lr_fills_a_tensor_learning_rate_in_place():
     lr = torch.tensor(1e-3)
     opt = torch.optim.Adam([p], lr=0.1)
     opt.param_groups[0]["lr"] = lr
-    train.set_lr(opt, 5e-4)
+    steps.set_lr(opt, 5e-4)
     assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(5e-4)
     opt = torch.optim.Adam([p], lr=0.1)
-    train.set_lr(opt, 5e-4)
+    steps.set_lr(opt, 5e-4)
     assert opt.param_groups[0]["lr"] == 5e-4
 
 
@@ -202,20 +204,18 @@ def test_set_lr_fills_a_tensor_learning_rate_in_place():
 def test_step_modes_refuse_what_they_cannot_run():
     """A trainable objective (its own optimizer; REBAR/RELAX a double backward) runs eagerly only,
     and a CUDA graph needs a GPU: one clear message each, at validation."""
-    assert train.step_mode_unsupported(RunConfig(objective="elbo", step_mode="compile")) is None
-    why = train.step_mode_unsupported(RunConfig(variant="bernoulli", objective="rebar", step_mode="compile"))
+    assert config.step_mode_unsupported(RunConfig(objective="elbo", step_mode="compile")) is None
+    why = config.step_mode_unsupported(RunConfig(variant="bernoulli", objective="rebar", step_mode="compile"))
     assert "rebar" in why and "eager" in why
-    assert "CUDA" in train.step_mode_unsupported(RunConfig(objective="elbo", step_mode="cuda-graph", device="cpu"))
-    from bench import config
-
+    assert "CUDA" in config.step_mode_unsupported(RunConfig(objective="elbo", step_mode="cuda-graph", device="cpu"))
     with pytest.raises(ConfigError, match="step_mode must be one of eager, compile, cuda-graph"):
-        config.load_suite("smoke", config.parse_overrides(["step_mode=graph"]))
+        load_suite("smoke", config.parse_overrides(["step_mode=graph"]))
     with pytest.raises(ConfigError, match="needs a CUDA device"):
-        config.load_suite("smoke", config.parse_overrides(["step_mode=cuda-graph", "device=cpu"]))
+        load_suite("smoke", config.parse_overrides(["step_mode=cuda-graph", "device=cpu"]))
     model = variants.build("vanilla", x_shape=(4,))
     cfg = RunConfig(objective="elbo", step_mode="cuda-graph", device="auto")
     with pytest.raises(ConfigError, match="this run is on cpu"):
-        train.make_step(cfg, model, objectives.build("elbo"), torch.optim.Adam(model.parameters()), None, torch.device("cpu"))
+        steps.make_step(cfg, model, objectives.build("elbo"), torch.optim.Adam(model.parameters()), None, torch.device("cpu"))
 
 
 def _compiler() -> str | None:
@@ -239,8 +239,8 @@ def test_the_compiled_step_equals_the_eager_one():
     def trajectory(mode: str, seed: int):
         model = copy.deepcopy(base)
         cfg = RunConfig(objective="elbo", k=2, step_mode=mode)
-        opt = train.make_optimizer(model.parameters(), cfg, torch.device("cpu"))
-        step = train.make_step(cfg, model, objectives.build("elbo"), opt, None, torch.device("cpu"))
+        opt = steps.make_optimizer(model.parameters(), cfg, torch.device("cpu"))
+        step = steps.make_step(cfg, model, objectives.build("elbo"), opt, None, torch.device("cpu"))
         torch.manual_seed(seed)
         bounds = torch.stack([step(xb, beta) for xb, beta in batches])
         return bounds.detach(), torch.cat([p.detach().reshape(-1) for p in model.parameters()])

@@ -1,5 +1,5 @@
 """The MLflow UI end to end: a store filled by ``python -m bench run`` with the tiny suite, served
-by ``bench.ui`` on a free loopback port, checked through the REST API and in a real headless
+by ``bench.store.ui`` on a free loopback port, checked through the REST API and in a real headless
 browser (Debian's chromium driven by Playwright for Python; no browser download).
 
 Without chromium or Playwright the browser test is skipped with the reason, except under
@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from bench import ui
 from bench.errors import BenchError
+from bench.store import ui
 from tests.conftest import ROOT, TINY, run_cli
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -51,7 +51,7 @@ def _group_alive(pgid: int) -> bool:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A store holding one invocation of the tiny suite, written by the CLI as a user runs it,
-    and ``bench.ui.start`` serving it on a free loopback port; the server is stopped by its
+    and ``bench.store.ui.start`` serving it on a free loopback port; the server is stopped by its
     process id (its process group). The store is created first (two processes creating one
     store race in the schema migration), then the server starts while the suite runs."""
     root = tmp_path_factory.mktemp("ui_store")
@@ -151,7 +151,7 @@ def chromium():
 def test_the_experiment_describes_the_suite_and_holds_the_runs_view(suite_runs, filled):
     """The experiment's description is the suite file's, its kind "Machine learning", its shared
     runs view the harness's; the parent run's note names the suite, its file and its overrides."""
-    from bench import tracking
+    from bench.store import tracking
 
     uri, _ = filled
     exp_id, parent, _ = suite_runs
@@ -166,7 +166,7 @@ def test_the_experiment_describes_the_suite_and_holds_the_runs_view(suite_runs, 
 
 
 def test_an_older_experiment_gets_the_kind_and_the_view(store):
-    from bench import tracking
+    from bench.store import tracking
 
     client = MlflowClient(store)
     exp_id = client.create_experiment("old")
@@ -210,7 +210,7 @@ def test_browser_shows_child_runs_with_metric_columns_and_artifacts(chromium, se
 
 
 def tracking_description() -> str:
-    from bench import tracking
+    from bench.store import tracking
 
     return tracking.suite_description(str(TINY))
 

@@ -10,8 +10,7 @@ import torch
 
 import variants
 from bench import objectives
-from bench.config import RunConfig
-from bench.train import skipped_measurements
+from bench.config import RunConfig, skipped_measurements
 
 
 def tiny(seed=0, **options):

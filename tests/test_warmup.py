@@ -9,23 +9,24 @@ import torch
 
 import variants
 from bench import objectives
-from bench.config import RunConfig, load_suite
+from bench.config import RunConfig
 from bench.data import load
 from bench.errors import ConfigError
-from bench.train import kl_weight, run
+from bench.schedules import kl_weight
+from bench.suite import load_suite
+from bench.train import run
 from tests.test_binary import codes, draws
 from tests.test_binary import tiny as tiny_binary
 from tests.test_estimators import MAX_T, flat_grad, t_scores
 
 
 def test_schedule_rises_linearly_per_step_and_switches_off():
-    cfg = RunConfig(kl_warmup_epochs=2)
-    assert kl_weight(cfg, 0, 10) == 0.0
-    assert kl_weight(cfg, 5, 10) == pytest.approx(0.25)
-    assert kl_weight(cfg, 10, 10) == pytest.approx(0.5)
-    assert kl_weight(cfg, 19, 10) == pytest.approx(0.95)
-    assert kl_weight(cfg, 20, 10) is None and kl_weight(cfg, 10**6, 10) is None
-    assert kl_weight(RunConfig(), 0, 10) is None  # off by default
+    assert kl_weight(0, 2, 10) == 0.0
+    assert kl_weight(5, 2, 10) == pytest.approx(0.25)
+    assert kl_weight(10, 2, 10) == pytest.approx(0.5)
+    assert kl_weight(19, 2, 10) == pytest.approx(0.95)
+    assert kl_weight(20, 2, 10) is None and kl_weight(10**6, 2, 10) is None
+    assert kl_weight(0, RunConfig().kl_warmup_epochs, 10) is None  # off by default
 
 
 def _example(name):

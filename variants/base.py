@@ -133,7 +133,7 @@ class VAE(nn.Module):
     * ``deterministic_q``: ``q(z | x)`` is a point mass (VQ-VAE): ``log_weights`` repeats one value;
     * ``not_applicable``: measurements that do not apply to the variant, each with the reason
       (``"log_px"``, ``"gaps"``, ``"grad"``, ``"active_units"``): the training loop skips them and
-      the run records the reason (``bench.train.skipped_measurements``), never a NaN.
+      the run records the reason (``bench.config.skipped_measurements``), never a NaN.
     """
 
     name: ClassVar[str] = "?"

@@ -40,7 +40,7 @@ top-down and in ``p(x | z_1)``, is ``Linear -> BatchNorm -> activation`` (Sønde
 who report batch normalization and a KL warm-up as crucial for several stochastic layers). In
 training mode a layer normalizes by the batch's statistics (the ``k`` samples and ``B`` examples
 of a call together) and updates its running statistics; every evaluation of the harness runs in
-eval mode (``bench.metrics.evaluating``), where the running statistics make each layer a fixed
+eval mode (``bench.passes.evaluating``), where the running statistics make each layer a fixed
 affine map, so the evaluated model is a proper density and an example's bound does not depend
 on its batch. ``bench.metrics.gradient_stats`` restores the running statistics after its draws.
 

@@ -15,7 +15,7 @@ with ``test/kl = N log K``. It is loose where the codes' true prior is far from 
 fits a PixelCNN prior afterwards; this file does not build an autoregressive prior). Importance
 sampling cannot tighten it (q is a point mass: ``deterministic_q``), so ``test/log_px`` with
 ``eval_k > 1``, the gap decomposition, gradient statistics and active units are declared not
-applicable (``not_applicable``, ``bench.train.skipped_measurements``). Codebook usage is
+applicable (``not_applicable``, ``bench.config.skipped_measurements``). Codebook usage is
 :meth:`codebook_perplexity`, ``exp(H(p))`` of the average code assignment (``test/codebook_perplexity``).
 
 Training (objective ``vq-vae``, ``bench.objectives.quantized``): the straight-through estimator

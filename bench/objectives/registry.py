@@ -64,6 +64,12 @@ class ObjectiveSpec:
     needs: tuple[str, ...] = ()  # class attributes / methods the variant must have (truthy)
     warmup: bool = False  # accepts kl_weight (KL warm-up of an ELBO-type objective)
 
+    @property
+    def trainable(self) -> bool:
+        """Whether the objective trains parameters of its own (a class, instantiated per run:
+        :class:`TrainableObjective`), with an optimizer of its own."""
+        return isinstance(self.factory, type)
+
 
 _REGISTRY: dict[str, ObjectiveSpec] = {}
 

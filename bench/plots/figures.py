@@ -32,6 +32,7 @@ from bench import vocabulary
 from bench.plots import store
 from bench.plots.store import KEY, values
 from bench.plots.style import WIDTH, estimator_color, variant_colors
+from bench.plots.tables import sd
 
 NATS = "nats per example"
 
@@ -44,7 +45,7 @@ class Context:
     df: pd.DataFrame  # bench.plots.store.load_runs
     tracking_uri: str
     notes: list[str]  # append a line when a figure cannot be drawn, or leaves something out
-    published: object | None = None  # bench.config.Published
+    published: object | None = None  # bench.suite.Published
     pub: pd.DataFrame | None = None  # bench.plots.published.published_frame
     _client: object = field(default=None, repr=False)
 
@@ -80,11 +81,6 @@ def figure(file: str, title: str, caption: str, published_only: bool = False):
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-
-
-def _sd(v: pd.Series) -> float:
-    """Sample sd over seeds; 0 for a single seed (an error bar of nothing, not NaN)."""
-    return float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
 def _group_label(variant: str, objective: str) -> str:
@@ -262,7 +258,7 @@ def test_log_likelihood(ctx: Context):
                 ax.scatter(vals, [y] * len(vals), color=color(v, o), s=10, alpha=0.5, zorder=2)
                 exact = kw["marker"] == "|"
                 c = "black" if exact else color(v, o)
-                ax.errorbar(vals.mean(), y, xerr=_sd(vals) or None, fmt=kw["marker"], color=c,
+                ax.errorbar(vals.mean(), y, xerr=sd(vals) or None, fmt=kw["marker"], color=c,
                             mfc=kw.get("facecolor", c), mec="black" if kw["marker"] == "o" else c,
                             ms=16 if exact else 8, mew=2.0 if exact else 1.0, capsize=3, zorder=4 if exact else 3)
         ax.set_yticks(range(len(groups)), [_group_label(v, o) for _, v, o, *_ in groups], fontsize=9)
@@ -304,7 +300,7 @@ def gaps(ctx: Context):
         for (v, o), g in dd.groupby(["variant", "objective"], sort=True):
             ap, am = values(g, "gap/approximation"), values(g, "gap/amortization")
             ng = values(g, "gap/local_no_gain").dropna()
-            rows.append((ap.mean() + am.mean(), v, o, ap.mean(), am.mean(), _sd(ap + am), ng.mean() if len(ng) else np.nan))
+            rows.append((ap.mean() + am.mean(), v, o, ap.mean(), am.mean(), sd(ap + am), ng.mean() if len(ng) else np.nan))
         rows.sort(key=lambda r: -r[0])
         y = np.arange(len(rows))
         colors = [color(r[1], r[2]) for r in rows]
@@ -566,7 +562,7 @@ def throughput(ctx: Context):
     y = np.arange(n)[::-1]
     for ax, col in zip(axes[0], cols):
         means = [values(g, col).mean() for *_, g in rows]
-        sds = [_sd(values(g, col).dropna()) for *_, g in rows]
+        sds = [sd(values(g, col).dropna()) for *_, g in rows]
         ax.barh(y, np.nan_to_num(means), xerr=sds, color=[color(v, o) for _, v, o, _ in rows], height=0.7, capsize=2)
         top = np.nanmax(means) if np.isfinite(np.nanmax(means)) else 1.0
         for yi, mval in zip(y, means):
@@ -617,7 +613,7 @@ def cost_quality(ctx: Context):
         for (v, o), g in d.groupby(["variant", "objective"], sort=True):
             gx, gy = values(g, x), values(g, y)
             ax.scatter(gx, gy, color=color(v, o), s=12, alpha=0.45)
-            ax.errorbar(gx.mean(), gy.mean(), xerr=_sd(gx) or None, yerr=_sd(gy) or None, fmt="o", color=color(v, o),
+            ax.errorbar(gx.mean(), gy.mean(), xerr=sd(gx) or None, yerr=sd(gy) or None, fmt="o", color=color(v, o),
                         mec="black", ms=8, capsize=3)
             pts.append((gx.mean(), gy.mean()))
             labels.append(_group_label(v, o))

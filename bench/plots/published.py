@@ -13,12 +13,7 @@ import pandas as pd
 from bench import vocabulary
 from bench.plots.store import KEY
 from bench.plots.style import WIDTH, variant_colors
-from bench.plots.tables import fmt
-
-
-def _sd(values: pd.Series) -> float:
-    """Sample sd over seeds; 0 for a single seed (an error bar of nothing, not NaN)."""
-    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+from bench.plots.tables import fmt, sd
 
 
 def _digits(metric: str, value: float) -> int:
@@ -54,7 +49,7 @@ def published_frame(df: pd.DataFrame, published, notes: list[str]) -> pd.DataFra
         for metric, value in published.rows[hits[0]].values.items():
             vals = g[f"metrics.{metric}"].dropna() if f"metrics.{metric}" in g else pd.Series(dtype=float)
             ours = float(vals.mean()) if len(vals) else np.nan
-            rows.append(dict(zip(KEY, key), metric=metric, ours=ours, sd=_sd(vals) if len(vals) else np.nan,
+            rows.append(dict(zip(KEY, key), metric=metric, ours=ours, sd=sd(vals) if len(vals) else np.nan,
                              n=len(vals), published=value, diff=ours - value))
             if not len(vals):
                 absent.setdefault(metric, []).append("/".join(key))

@@ -57,9 +57,9 @@ def _protocol(df: pd.DataFrame) -> list[str]:
 
 
 def _description(suite: str) -> str:
-    from bench import config
+    from bench.suite import suite_path
 
-    path = config.suite_path(suite)
+    path = suite_path(suite)
     if not path.is_file():
         return ""
     import tomllib
@@ -107,19 +107,19 @@ def draw(suite: str, out: Path, tracking_uri: str, published=None) -> list[Path]
     Reads the suite's child runs from the store at ``tracking_uri``. Whatever is missing (no
     experiment, no runs, failed runs, metrics or artifacts missing in some runs) is written to
     the report's "What is missing" section and to stderr; the figures that can be drawn are.
-    ``published`` (a :class:`bench.config.Published`; default: the ``[published]`` table of the
+    ``published`` (a :class:`bench.suite.Published`; default: the ``[published]`` table of the
     suite file ``bench/suites/<suite>.toml``, if any) puts the paper's numbers beside ours.
     Returns the files written (PNGs in registry order, CSVs, README.md last).
     """
     import seaborn as sns
 
-    from bench import config
     from bench.plots import published as pubs
+    from bench.suite import load_published
 
     dest = Path(out) / suite
     dest.mkdir(parents=True, exist_ok=True)
     if published is None:
-        published = config.load_published(suite)
+        published = load_published(suite)
     df, notes = store.load_runs(suite, tracking_uri)
     written: list[Path] = []
     summary = pd.DataFrame()

@@ -57,27 +57,24 @@ def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
     if none finished) and the others are counted in the notes. Runs that differ only in ``k``
     are distinct results: their objective reads ``iwae (k=5)``.
     """
+    from bench.store import tracking
+
     notes: list[str] = []
     c = client(tracking_uri)
     exp = c.get_experiment_by_name(suite)
     if exp is None:
         return pd.DataFrame(), [f"no experiment named {suite!r} in {store_name(tracking_uri)}: nothing has run yet"]
-    rows, token = [], None
-    while True:
-        page = c.search_runs([exp.experiment_id], max_results=1000, page_token=token)
-        for r in page:
-            tags = r.data.tags
-            if tags.get("vaebench.role") != "child" and "mlflow.parentRunId" not in tags:
-                continue
-            row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
-                   "start_time": r.info.start_time, "artifact_uri": r.info.artifact_uri}
-            row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
-            row.update({f"params.{k}": v for k, v in r.data.params.items()})
-            row.update({f"tags.{k}": v for k, v in tags.items()})
-            rows.append(row)
-        token = page.token
-        if not token:
-            break
+    rows = []
+    for r in tracking.search_all(c, [exp.experiment_id]):
+        tags = r.data.tags
+        if tags.get(tracking.TAG_ROLE) != "child" and "mlflow.parentRunId" not in tags:
+            continue
+        row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+               "start_time": r.info.start_time, "artifact_uri": r.info.artifact_uri}
+        row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
+        row.update({f"params.{k}": v for k, v in r.data.params.items()})
+        row.update({f"tags.{k}": v for k, v in tags.items()})
+        rows.append(row)
     if not rows:
         return pd.DataFrame(), [f"experiment {suite!r} has no child runs yet"]
     df = pd.DataFrame(rows)
@@ -120,17 +117,23 @@ def values(df: pd.DataFrame, name: str) -> pd.Series:
 
 def skipped(df: pd.DataFrame, name: str) -> pd.Series:
     """Runs that skipped ``name`` by design: the tag ``vaebench.skipped.<measurement>`` the driver
-    sets (``bench.train.skipped_measurements``), the measurement named by the vocabulary."""
-    m = vocabulary.lookup(name)
-    col = f"tags.vaebench.skipped.{m.skip}" if m is not None and m.skip else None
+    sets (``bench.config.skipped_measurements``), the measurement named by the vocabulary."""
+    col = _skip_column(name)
     return df[col].notna() if col in df else pd.Series(False, index=df.index)
 
 
 def skip_reason(df: pd.DataFrame, name: str) -> pd.Series:
     """The reason per run (NaN where the run did not skip ``name``)."""
-    m = vocabulary.lookup(name)
-    col = f"tags.vaebench.skipped.{m.skip}" if m is not None and m.skip else None
+    col = _skip_column(name)
     return df[col] if col in df else pd.Series(float("nan"), index=df.index, dtype=object)
+
+
+def _skip_column(name: str) -> str | None:
+    """The DataFrame column of the tag that says a run skipped the measurement of ``name``."""
+    from bench.store.tracking import TAG_SKIPPED
+
+    m = vocabulary.lookup(name)
+    return f"tags.{TAG_SKIPPED}{m.skip}" if m is not None and m.skip else None
 
 
 def expected_metrics() -> list[str]:

@@ -43,6 +43,11 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def sd(values: pd.Series) -> float:
+    """Sample sd over seeds; 0 for a single seed (an error bar of nothing, not NaN)."""
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
 def fmt(mean: float, sd: float, n: int, digits: int, thousands: bool = False) -> str:
     """``mean ± sd`` (``mean`` alone for one seed), or the missing mark."""
     if n == 0 or not np.isfinite(mean):

@@ -10,7 +10,7 @@ them keeps an invocation's layout in one piece).
    may have taken the run over, e.g. after the driver that queued this Slurm job died);
    re-checked at every heartbeat, and the job stops at its next epoch if it moved;
 2. the lease: the run's ``vaebench.host``/``vaebench.pid`` become this process's, refreshed by a
-   heartbeat thread (``bench.tracking``), so a later invocation can tell a live run from a dead one;
+   heartbeat thread (``bench.store.tracking``), so a later invocation can tell a live run from a dead one;
 3. the data, loaded here by name (workers may be on other nodes);
 4. the newest checkpoint of the run, if any (``bench.checkpoint``), and every (metric, step) the
    run already holds after it: a kill between logging an epoch and checkpointing it makes the
@@ -29,60 +29,18 @@ segfault, the out-of-memory killer) are seen, and marked, by the executor's driv
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.run.job import STOP, Job, Outcome
+from bench.store import tracking
+from bench.store.tracking import TAG_EPOCH
 
-ProgressFn = Callable[[str, int, str], None]  # (run_id, epoch, line)
-
-
-@dataclass
-class Job:
-    """What a worker needs to execute one planned run (plain data: it is pickled to workers)."""
-
-    uri: str
-    run_id: str
-    attempt: str  # the fencing token: the run's vaebench.attempt tag when the job was handed out
-    run_key: str
-    run_name: str
-    config: dict  # RunConfig fields, the device resolved by the driver
-    threads: int
-    checkpoint_every: float = 0.0  # seconds between checkpoints; 0 = every epoch
-    kind: str = "train"  # train | remeasure (bench.remeasure: final measurements of a FINISHED run)
-    measurements: tuple[str, ...] = ()  # remeasure: which (bench.remeasure.MEASUREMENTS)
-    commit: str = ""  # remeasure: the driver's git describe, the run's vaebench.remeasured.commit
-
-
-@dataclass
-class Outcome:
-    run_id: str
-    status: str  # FINISHED | FAILED | KILLED | SUPERSEDED
-    final: dict[str, float] = field(default_factory=dict)
-    error: str = ""  # one line, also the run's "error" tag
-    traceback: str = ""  # for crashes (bugs, exhausted devices): what helps
-    resumed_from: int | None = None  # the checkpoint's epoch, when the run continued one
-    marked: bool = True  # the run's status is already set (False: the driver must set it)
-
-
-_STOP = threading.Event()
-
-
-def request_stop(*_) -> None:
-    """Stop the run in progress at its next epoch boundary (usable as a signal handler)."""
-    _STOP.set()
-
-
-def clear_stop() -> None:
-    """A new invocation in this process starts without the last one's stop request."""
-    _STOP.clear()
-
+ProgressFn = Callable[[str, int, dict], None]  # (run_id, epoch, row): bench.train.run's on_epoch, with the run
 
 class Superseded(Exception):
     """Another attempt holds the run now: stop without touching it."""
@@ -120,7 +78,7 @@ class RunLogger:
 
         self.check()
         ms, self.pending = self.pending, []
-        tag_list = [RunTag(k, v) for k, v in ({"vaebench.epoch": str(self.step)} | (tags or {})).items()]
+        tag_list = [RunTag(k, v) for k, v in ({TAG_EPOCH: str(self.step)} | (tags or {})).items()]
         for i in range(0, max(len(ms), 1), 1000):
             self.client.log_batch(self.run_id, metrics=ms[i : i + 1000], tags=tag_list if i == 0 else [])
 
@@ -128,46 +86,54 @@ class RunLogger:
 _DATA: dict[tuple, object] = {}  # datasets kept by a long-lived worker process between its runs
 
 
-def _dataset(cfg):
-    from bench import data, train
+def data_key(cfg, device: str) -> tuple:
+    """The key of the dataset a run of ``cfg`` reads on ``device`` (a device name)."""
+    return (cfg.dataset, cfg.binarization, cfg.data_dir, device, cfg.val_size)
 
-    key = (cfg.dataset, cfg.binarization, cfg.data_dir, cfg.device, cfg.val_size)
+
+def preload(loaded: dict[tuple, object]) -> None:
+    """Datasets the driver has loaded (``bench.run.plan.plan``, keyed by :func:`data_key`), for the
+    runs it executes in its own process (``--jobs 1``)."""
+    for key, ds in loaded.items():
+        _DATA.setdefault(key, ds)
+
+
+def dataset(cfg):
+    """The dataset of ``cfg`` on its device, loaded once per worker process."""
+    from bench import config, data
+
+    key = data_key(cfg, cfg.device)
     if key not in _DATA:
         _DATA.clear()  # one at a time: a worker moving to another dataset frees the last
         _DATA[key] = data.load(cfg.dataset, binarization=cfg.binarization, data_dir=cfg.data_dir,
-                               device=train.resolve_device(cfg.device), n_val=cfg.val_size or None)
+                               device=config.resolve_device(cfg.device), n_val=cfg.val_size or None)
     return _DATA[key]
 
 
 def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
-    """Run ``job`` to its end in this process (see the module docstring); a job of kind
-    ``"remeasure"`` re-measures a FINISHED run instead (``bench.remeasure.execute``)."""
-    if job.kind == "remeasure":
-        from bench import remeasure
-
-        return remeasure.execute(job, progress)
+    """Run the training ``job`` to its end in this process (see the module docstring)."""
     import torch
     from mlflow.tracking import MlflowClient
 
-    from bench import tracking, train
-    from bench.checkpoint import ArtifactCheckpoints
-    from bench.config import RunConfig
+    from bench import config, passes, train
+    from bench.store.checkpoints import ArtifactCheckpoints
 
     client = MlflowClient(job.uri)
-    if client.get_run(job.run_id).data.tags.get("vaebench.attempt") != job.attempt:
+    if client.get_run(job.run_id).data.tags.get(tracking.TAG_ATTEMPT) != job.attempt:
         return Outcome(job.run_id, "SUPERSEDED", marked=False)
     client.update_run(job.run_id, status="RUNNING")
     if job.threads:
         torch.set_num_threads(job.threads)
-    cfg = RunConfig(**job.config)
-    device = train.resolve_device(cfg.device)
+    cfg = job.cfg
+    passes.set_gpu_share(job.gpu_share)
+    device = config.resolve_device(cfg.device)
     client.log_batch(job.run_id, tags=_tags(tracking.lease_tags() | {"device_name": tracking.device_name(device)}))
 
     checkpoints = ArtifactCheckpoints(client, job.run_id)
     superseded = [False]
 
     def fence(run) -> None:  # from the heartbeat thread; the loop stops at its next log or checkpoint
-        if run.data.tags.get("vaebench.attempt") != job.attempt:
+        if run.data.tags.get(tracking.TAG_ATTEMPT) != job.attempt:
             superseded[0] = True
 
     def check() -> None:
@@ -179,15 +145,15 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
     def save(epoch: int, capture) -> None:  # after every epoch's log: its metrics and checkpoint, one write
         check()
         now = time.monotonic()
-        if epoch == cfg.epochs or now - last[0] >= job.checkpoint_every or _STOP.is_set():
+        if epoch == cfg.epochs or now - last[0] >= job.checkpoint_every or STOP.is_set():
             checkpoints.save(capture(), write_tags=log.flush)
             last[0] = now
         else:
             log.flush()
-        if _STOP.is_set() and epoch < cfg.epochs:  # the epoch is stored: a safe place to stop
+        if STOP.is_set() and epoch < cfg.epochs:  # the epoch is stored: a safe place to stop
             raise KeyboardInterrupt
 
-    show = (lambda line: progress(job.run_id, _epoch_of(line), line)) if progress else (lambda line: None)
+    on_epoch = (lambda epoch, row: progress(job.run_id, epoch, row)) if progress else None
     heartbeat = tracking.Heartbeat(client, job.run_id, check=fence)
     # Argument validation of torch.distributions costs time on every call of the hot path, and a
     # diverging run must reach the loop's finiteness check (NonFiniteLoss) rather than die inside
@@ -199,9 +165,9 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
         state = checkpoints.latest()
         resumed = state["epoch"] if state is not None else None
         log = RunLogger(client, job.run_id, after=resumed or 0, check=check)
-        ds = _dataset(cfg)
+        ds = dataset(cfg)
         try:
-            result = train.run(cfg, ds, log, show, checkpoint_fn=save, resume=state)
+            result = train.run(cfg, ds, log, on_epoch, checkpoint_fn=save, resume=state)
         except Exception:
             log.flush()  # what was logged before the error (non-finite final metrics, say)
             raise
@@ -221,7 +187,7 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
         tb = "" if isinstance(e, BenchError) else traceback.format_exc()
         if torch.cuda.is_initialized():  # after an out-of-memory error, the next run gets the memory back
             torch.cuda.empty_cache()
-        client.log_batch(job.run_id, tags=_tags({"error": error[:5000], "vaebench.end_reason": error[:5000]}))
+        client.log_batch(job.run_id, tags=_tags({"error": error[:5000], tracking.TAG_END_REASON: error[:5000]}))
         client.set_terminated(job.run_id, "FAILED")
         return Outcome(job.run_id, "FAILED", error=str(e) if isinstance(e, BenchError) else error,
                        traceback=tb, resumed_from=resumed)
@@ -229,7 +195,7 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
         try:
             if log is not None:
                 log.flush()  # what was logged before the interrupt is kept
-            client.log_batch(job.run_id, tags=_tags({"vaebench.end_reason": "interrupted (Ctrl-C or the driver's stop)"}))
+            client.log_batch(job.run_id, tags=_tags({tracking.TAG_END_REASON: "interrupted (Ctrl-C or the driver's stop)"}))
             client.set_terminated(job.run_id, "KILLED")
         except Exception:
             pass
@@ -247,92 +213,18 @@ def _tags(tags: dict[str, str]):
     return [RunTag(k, str(v)) for k, v in tags.items()]
 
 
-def _epoch_of(line: str) -> int:
-    """``"epoch  7/100  train ..."`` -> 7; the final line (no epoch) -> -1."""
-    parts = line.split()
-    return int(parts[1].split("/")[0]) if parts and parts[0] == "epoch" else -1
-
-
-def job_config(cfg, device: str) -> dict:
-    """The RunConfig of a planned run as plain data, with its resolved device."""
-    return dataclasses.asdict(cfg) | {"device": device}
-
-
-def save_grid(images, path: Path, nrow: int = 8, padding: int = 2, pad_value: float = 0.5) -> None:
-    """``images: [N, C, H, W]`` in [0, 1] as one PNG, ``nrow`` per row with ``padding`` pixels
-    of ``pad_value`` between them (torchvision's ``save_image`` layout, without importing
-    torchvision: it costs seconds in every worker)."""
-    import torch
-    from PIL import Image
-
-    n, c, h, w = images.shape
-    rows = -(-n // nrow)
-    grid = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
-    for i, img in enumerate(images):
-        r, col = divmod(i, nrow)
-        top, left = padding + r * (h + padding), padding + col * (w + padding)
-        grid[:, top : top + h, left : left + w] = img
-    pixels = (grid.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0)
-    Image.fromarray(pixels.squeeze(-1).numpy() if c == 1 else pixels.numpy()).save(path)
-
-
 def log_artifacts(client, run_id: str, model, ds, history: dict[str, list[tuple[int, float]]]) -> None:
-    """Samples and reconstructions as PNG grids, the per-run curves figure drawn from the run's
-    ``history`` (``bench.train.RunResult.history``, metric -> [(step, value), ...]), the final weights."""
+    """The run's own figures (samples, reconstructions, the curves drawn from the run's
+    ``history``: ``bench.plots.curves``) and its final weights, uploaded to the run."""
     import torch
 
-    from bench.plots.curves import run_figure
+    from bench.plots.curves import run_figure, run_images
 
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         tmp = Path(tmp)
-        if len(ds.x_shape) == 3:  # images
-            model.eval()
-            # nearest-neighbour upscaling so that 8x8 digits are legible in the UI (28x28 stays 1:1)
-            scale = max(1, 32 // ds.x_shape[-1])
-
-            def grid(images, name: str) -> None:
-                images = torch.nn.functional.interpolate(images.float().cpu(), scale_factor=scale, mode="nearest")
-                save_grid(images, tmp / name)
-                client.log_artifact(run_id, str(tmp / name))
-
-            grid(model.sample(64, mean=True), "samples.png")
-            x = ds.test[:32]
-            recon = model.reconstruct(x).reshape(len(x), *ds.x_shape)
-            grid(torch.stack([x.reshape(len(x), *ds.x_shape), recon], 1).flatten(0, 1), "reconstructions.png")
-        else:  # vectors: scatter plots of model samples against test data, reconstructions against data
-            for name in _vector_figures(model, ds.test[:500], tmp):
-                client.log_artifact(run_id, str(tmp / name))
+        for name in run_images(model, ds, tmp):
+            client.log_artifact(run_id, str(tmp / name))
         run_figure(history, tmp / "curves.png")
         client.log_artifact(run_id, str(tmp / "curves.png"), "figures")
         torch.save(model.state_dict(), tmp / "model.pt")
         client.log_artifact(run_id, str(tmp / "model.pt"))
-
-
-def _vector_figures(model, x, tmp: Path) -> list[str]:
-    """``samples.png``: 500 model samples over the test data in the first two coordinates;
-    ``reconstructions.png``: every coordinate's reconstruction against its value."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = model.sample(len(x)).reshape(len(x), -1).cpu()
-    r = model.reconstruct(x).reshape(len(x), -1).cpu()
-    x = x.reshape(len(x), -1).cpu()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(x[:, 0], x[:, 1], s=6, alpha=0.5, label="test data")
-    ax.scatter(s[:, 0], s[:, 1], s=6, alpha=0.5, label="model samples")
-    ax.set(xlabel="x[0]", ylabel="x[1]", title="samples vs data")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(tmp / "samples.png", dpi=100)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(x.flatten(), r.flatten(), s=3, alpha=0.3)
-    lo, hi = float(x.min()), float(x.max())
-    ax.plot([lo, hi], [lo, hi], color="k", lw=1)
-    ax.set(xlabel="x (every coordinate)", ylabel="reconstruction mean", title="reconstructions")
-    fig.tight_layout()
-    fig.savefig(tmp / "reconstructions.png", dpi=100)
-    plt.close(fig)
-    return ["samples.png", "reconstructions.png"]

@@ -1,7 +1,9 @@
-"""Where the runs of a suite execute. The driver (``bench.runner``) hands each executor jobs
-(``bench.worker.Job``: the run id to log to, the config, the threads) and collects outcomes;
-every executor runs the same ``bench.worker.execute``, so a run's numbers do not depend on where
-it ran.
+"""Where the runs of a suite execute, and each run's place there (device, threads, resources).
+
+The driver (``bench.run.runner``) hands each executor jobs (``bench.run.job.Job``: the run id to
+log to, the config, the threads) and collects outcomes; every executor runs the same
+:func:`execute`, so a run's numbers do not depend on where it ran. :func:`make_executor` builds
+the executor ``--executor`` names and places each planned run on it.
 
 =========================  ====================================================================
 ``--executor local``       ``--jobs 1``: in the driver's own process, one run after the other
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -36,9 +39,18 @@ import signal
 import time
 from dataclasses import dataclass
 
-from bench import worker
-from bench.errors import BenchError
-from bench.worker import Job, Outcome
+from bench.errors import BenchError, ConfigError
+from bench.run import remeasure_job, worker
+from bench.run.job import Job, Outcome, request_stop
+from bench.run.plan import Options, Planned
+
+
+def execute(job: Job, progress=None) -> Outcome:
+    """Run ``job`` in this process, as every executor does: a training run (``bench.run.worker``)
+    or, for a job of kind ``"remeasure"``, a re-measure of a FINISHED run (``bench.run.remeasure_job``)."""
+    if job.kind == "remeasure":
+        return remeasure_job.execute(job)
+    return worker.execute(job, progress)
 
 
 def died(exitcode: int | None) -> str:
@@ -69,7 +81,7 @@ class Inline:
 
     def wait(self, timeout: float) -> list[Outcome]:
         # a Ctrl-C (the driver's request_stop) ends the run at its next epoch: KILLED, re-raised
-        return [worker.execute(self.queue.pop(0), self.on_progress)] if self.queue else []
+        return [execute(self.queue.pop(0), self.on_progress)] if self.queue else []
 
     def cancel(self, grace: float = 10.0) -> list[str]:
         return []
@@ -90,21 +102,18 @@ def _die_with(driver: int) -> None:
         os._exit(1)
 
 
-def pin_gpu(gpu: str | None, runs_per_gpu: int) -> None:
-    """A worker's GPU: ``CUDA_VISIBLE_DEVICES`` (before CUDA is initialized, lazily, in the process)
-    and ``VAEBENCH_RUNS_PER_GPU``, the number of runs sharing it, by which an evaluation sizes its
-    share of the GPU's memory (``bench.metrics.pass_bytes``)."""
+def pin_gpu(gpu: str | None) -> None:
+    """A worker's GPU: ``CUDA_VISIBLE_DEVICES`` (before CUDA is initialized, lazily, in the process)."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-        os.environ["VAEBENCH_RUNS_PER_GPU"] = str(runs_per_gpu)
 
 
-def _serve(conn, parent: int, gpu: str | None, runs_per_gpu: int = 1) -> None:
+def _serve(conn, parent: int, gpu: str | None) -> None:
     """A worker process: execute jobs from ``conn`` until None; progress and outcomes back."""
     _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the driver, which stops us
-    signal.signal(signal.SIGTERM, worker.request_stop)  # ... with SIGTERM: the run stops after its epoch, KILLED
-    pin_gpu(gpu, runs_per_gpu)
+    signal.signal(signal.SIGTERM, request_stop)  # ... with SIGTERM: the run stops after its epoch, KILLED
+    pin_gpu(gpu)
     while True:
         try:
             job = conn.recv()
@@ -113,14 +122,14 @@ def _serve(conn, parent: int, gpu: str | None, runs_per_gpu: int = 1) -> None:
         if job is None:
             return
 
-        def progress(run_id: str, epoch: int, line: str) -> None:
+        def progress(run_id: str, epoch: int, row: dict) -> None:
             try:
-                conn.send(("progress", run_id, epoch, line))
+                conn.send(("progress", run_id, epoch, row))
             except OSError:  # the driver is gone: end here, leaving the run for the next invocation
                 os._exit(1)
 
         try:
-            outcome = worker.execute(job, progress)
+            outcome = execute(job, progress)
         except KeyboardInterrupt:
             conn.send(("done", Outcome(job.run_id, "KILLED", error="interrupted")))
             return
@@ -133,8 +142,8 @@ def gpu_of_slot(i: int, gpus: list[str] | None, runs_per_gpu: int) -> str | None
     return gpus[i // runs_per_gpu % len(gpus)] if gpus else None
 
 
-PRELOAD = ["bench.executors", "torch", "torch._dynamo", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store", "alembic",
-           "bench.train", "bench.checkpoint", "bench.plots"]
+PRELOAD = ["bench.run.executors", "torch", "torch._dynamo", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store", "alembic",
+           "bench.train", "bench.checkpoint", "bench.store.checkpoints", "bench.plots"]
 
 
 def start_fork_server():
@@ -172,7 +181,7 @@ class LocalProcesses:
 
     def _start(self, slot: _Slot) -> None:
         mine, theirs = self.ctx.Pipe()
-        slot.proc = self.ctx.Process(target=_serve, args=(theirs, os.getpid(), slot.gpu, self.runs_per_gpu), daemon=True)
+        slot.proc = self.ctx.Process(target=_serve, args=(theirs, os.getpid(), slot.gpu), daemon=True)
         slot.proc.start()
         theirs.close()
         slot.conn = mine
@@ -181,6 +190,8 @@ class LocalProcesses:
         slot = next(s for s in self.slots if s.job is None)
         if slot.proc is None or not slot.proc.is_alive():
             self._start(slot)
+        if slot.gpu is not None:  # pinned: the runs on its GPU share its memory
+            job = dataclasses.replace(job, gpu_share=self.runs_per_gpu)
         slot.job = job
         slot.conn.send(job)
         return None
@@ -254,12 +265,7 @@ class LocalProcesses:
 
 # -- Ray ---------------------------------------------------------------------------------------
 def _ray_execute(job: Job) -> Outcome:
-    import ray
-
-    gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
-    if 0 < gpus < 1:  # a fractional GPU (--runs-per-gpu): the runs sharing it, for the evaluations' memory
-        os.environ["VAEBENCH_RUNS_PER_GPU"] = str(round(1 / gpus))
-    return worker.execute(job)
+    return execute(job)
 
 
 class RayTasks:
@@ -293,6 +299,8 @@ class RayTasks:
         return int(self.ray.cluster_resources().get("GPU", 0))
 
     def submit(self, job: Job, cpus: int, gpus: float) -> str | None:
+        if 0 < gpus < 1:  # a fractional GPU (--runs-per-gpu): the runs sharing it, for the evaluations' memory
+            job = dataclasses.replace(job, gpu_share=round(1 / gpus))
         ref = self.remote_fn.options(num_cpus=cpus, num_gpus=gpus, name=job.run_name).remote(job)
         self.refs[ref] = job
         return None
@@ -340,7 +348,7 @@ class SubmititTask:
     requeues what it returns: the same job, which continues from the run's checkpoint."""
 
     def __call__(self, job: Job) -> Outcome:
-        return worker.execute(job)
+        return execute(job)
 
     def checkpoint(self, job: Job):
         import submitit
@@ -350,11 +358,13 @@ class SubmititTask:
 
 @dataclass
 class SlurmOptions:
-    folder: str = "submitit"  # job scripts and logs
-    partition: str = ""
-    time_min: int = 60
-    gpus_per_run: int = 0
-    mem_gb: float = 0.0
+    """The Slurm flags of ``bench.run.plan.Options`` (their defaults are declared there)."""
+
+    folder: str  # job scripts and logs
+    partition: str
+    time_min: int
+    gpus_per_run: int
+    mem_gb: float
     max_requeues: int = 3
 
 
@@ -419,3 +429,71 @@ class SlurmJobs:
 
     def close(self) -> None:
         pass
+
+
+# -- placement: each run's device, threads and resources on the executor ----------------------------
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def place_local(planned: list[Planned], jobs: int | None, cores: int, n_gpus: int, default_threads: int,
+                runs_per_gpu: int = 1) -> int:
+    """Devices and threads of the runs on this machine; how many run at once (``jobs``: N, or
+    None for auto = cores // threads on CPU, the GPUs x ``runs_per_gpu`` on CUDA). ``threads = 0``
+    in a run means: torch's default with one run at a time, cores // jobs with several."""
+    for p in planned:
+        if p.cfg.device.startswith("cuda") and not n_gpus:
+            raise ConfigError(f"device {p.cfg.device!r} requested but CUDA is not available here; use device=auto or cpu")
+        p.device = ("cuda" if n_gpus else "cpu") if p.cfg.device == "auto" else p.cfg.device
+    on_cuda = any(p.device.startswith("cuda") for p in planned)
+    if jobs is None:
+        widest = max(p.cfg.threads or cores for p in planned)
+        jobs = n_gpus * runs_per_gpu if on_cuda else max(1, cores // widest)
+    jobs = max(1, min(jobs, len(planned)))
+    for p in planned:
+        p.threads = p.cfg.threads or (default_threads if jobs == 1 else max(1, cores // jobs))
+    return jobs
+
+
+def make_executor(opts: Options, planned: list[Planned], on_progress):
+    """The executor ``opts`` names, and each run's device, threads and resources on it."""
+    import torch
+
+    if opts.executor not in ("local", "ray", "submitit"):
+        raise ConfigError(f"--executor must be local, ray or submitit, got {opts.executor!r}")
+    if opts.jobs != "auto" and not (opts.jobs.isdigit() and int(opts.jobs) >= 1):
+        raise ConfigError(f"--jobs must be a positive integer or auto, got {opts.jobs!r}")
+    if opts.runs_per_gpu < 1:
+        raise ConfigError(f"--runs-per-gpu must be >= 1, got {opts.runs_per_gpu}")
+    jobs = None if opts.jobs == "auto" else int(opts.jobs)
+    cores = _cores()
+
+    if opts.executor == "local":
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        jobs = place_local(planned, jobs, cores, n_gpus, torch.get_num_threads(), opts.runs_per_gpu)
+        if jobs == 1:
+            ex = Inline(on_progress)
+        else:
+            # pin workers to GPUs only where the runs ask for "cuda", not for a device of their own
+            generic = all(p.device == "cuda" for p in planned)
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            gpus = (visible.split(",") if visible else [str(i) for i in range(n_gpus)]) if generic else None
+            ex = LocalProcesses(jobs, on_progress, gpus, opts.runs_per_gpu)
+    elif opts.executor == "ray":
+        ex = RayTasks(opts.ray_address, jobs)
+        n_gpus = ex.gpus()
+        for p in planned:
+            p.device = "cuda" if p.cfg.device == "auto" and n_gpus else ("cpu" if p.cfg.device == "auto" else p.cfg.device)
+            p.threads = p.cfg.threads or 1
+            p.cpus, p.gpus = p.threads, (1 / opts.runs_per_gpu if p.device.startswith("cuda") else 0.0)
+    else:
+        ex = SlurmJobs(SlurmOptions(opts.slurm_folder, opts.slurm_partition, opts.slurm_time,
+                                                        opts.slurm_gpus, opts.slurm_mem_gb), jobs)
+        for p in planned:
+            p.device = ("cuda" if opts.slurm_gpus else "cpu") if p.cfg.device == "auto" else p.cfg.device
+            p.threads = p.cfg.threads or 1
+            p.cpus, p.gpus = p.threads, float(opts.slurm_gpus if p.device.startswith("cuda") else 0)
+    return ex

@@ -16,7 +16,7 @@ Layout (the plots, the UI and external checks read these names):
   config; artifacts ``config.json``, ``samples.png``, ``reconstructions.png``, ``model.pt``,
   ``figures/curves.png``.
 
-Suite runs (``bench.runner``) add: on every child the tag ``vaebench.run_key`` (its identity) and
+Suite runs (``bench.run.runner``) add: on every child the tag ``vaebench.run_key`` (its identity) and
 ``vaebench.attempt`` (the token of the attempt allowed to write to it); on parents and children the
 lease of the process executing them, ``vaebench.host``, ``vaebench.pid`` (``pid@start-time``) and
 ``vaebench.heartbeat`` (unix seconds, refreshed every :data:`HEARTBEAT_S`): a run is alive while
@@ -30,7 +30,7 @@ from the store is a *shared view*: the experiment tag ``mlflow.sharedViewState.<
 view's state as JSON, opened by the URL parameter ``viewStateShareKey=<key>``. The experiment's
 :data:`RUNS_VIEW` view shows the child runs (``tags.vaebench.role = 'child'``), best
 ``test/log_px`` first, with the run summary's metrics and the variant, objective, dataset and
-seed as columns; ``bench.ui.runs_page_url`` is its address.
+seed as columns; ``bench.store.ui.runs_page_url`` is its address.
 
 Metrics are sent with one ``log_batch`` call per epoch (a single sqlite call costs milliseconds).
 The default store is explicit: ``sqlite:///<cwd>/mlflow.db``, overridden by ``--tracking-uri`` or
@@ -49,13 +49,16 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    import torch
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout: bench/store/tracking.py -> ..
 HOST = socket.gethostname()
 HEARTBEAT_S = 30.0  # how often a live driver or worker refreshes vaebench.heartbeat
 # The experiment tag the MLflow 3.17 UI reads to choose an experiment's view: "custom_model_development"
@@ -73,9 +76,50 @@ def runs_view_state() -> dict:
 
     cols = [f"params.`{p}`" for p in ("variant", "objective", "dataset", "seed")]
     cols += [f"metrics.`{m.name}`" for m in vocabulary.summary_metrics()]
-    return {"searchFilter": "tags.`vaebench.role` = 'child'", "orderByKey": "metrics.`test/log_px`",
+    return {"searchFilter": role_filter("child"), "orderByKey": "metrics.`test/log_px`",
             "orderByAsc": False, "selectedColumns": cols}
 STALE_S = 180.0  # a heartbeat older than this, from another host, is a dead process
+
+# -- the store's schema: every vaebench.* tag, the outcomes an invocation records, what is live ----
+TAG_ROLE = "vaebench.role"  # parent | child
+TAG_SUITE = "vaebench.suite"  # the suite (the experiment's name)
+TAG_EXECUTOR = "vaebench.executor"  # local | ray | submitit
+TAG_RUN_KEY = "vaebench.run_key"  # a child's identity (bench.run.plan.run_key)
+TAG_ATTEMPT = "vaebench.attempt"  # the fencing token of the attempt allowed to write to the run
+TAG_EPOCHS = "vaebench.epochs"  # the epochs the run is to train
+TAG_EPOCH = "vaebench.epoch"  # the last epoch the worker stored (the driver's progress for remote workers)
+TAG_CHECKPOINT = "vaebench.checkpoint"  # the run's newest complete checkpoint (bench.store.checkpoints)
+TAG_END_REASON = "vaebench.end_reason"  # why a run ended other than FINISHED
+TAG_HISTORY = "vaebench.history"  # a resumed run's earlier attempts, one line each
+TAG_SLURM_JOB = "vaebench.slurm_job"  # the Slurm job id of a submitit run
+TAG_HOST = "vaebench.host"  # the lease: the host, pid@start-time and heartbeat of the holder
+TAG_PID = "vaebench.pid"
+TAG_HEARTBEAT = "vaebench.heartbeat"
+TAG_SKIPPED = "vaebench.skipped."  # + measurement: why the run does not make it (bench.config.skipped_measurements)
+TAG_COUNT = "vaebench.n_"  # + outcome, on the parent: how many runs had it
+TAG_REMEASURED_COMMIT = "vaebench.remeasured.commit"  # git describe --dirty of the code that re-measured
+TAG_REMEASURED_MEASUREMENTS = "vaebench.remeasured.measurements"  # comma-separated, those done at that commit
+TAG_REMEASURED_AT = "vaebench.remeasured.at"  # when (UTC)
+TAG_REMEASURED_NOTE = "vaebench.remeasured.note"  # what differs from the original measurement, if anything
+OUTCOMES = ("reused", "resumed", "ran", "failed", "killed", "pending")  # a run's outcome in invocation.json
+LIVE = ("RUNNING", "SCHEDULED")  # run statuses of a run that a process holds (or should)
+
+
+def role_filter(role: str) -> str:
+    """The ``search_runs`` filter of the runs with ``vaebench.role = role``."""
+    return f"tags.`{TAG_ROLE}` = '{role}'"
+
+
+def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list:
+    """Every run of the experiments that matches ``filter_string``, all pages."""
+    out, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -118,16 +162,16 @@ def _start_time(pid: int) -> str:
 
 def lease_tags() -> dict[str, str]:
     """The tags that name this process as the holder of a run."""
-    return {"vaebench.host": HOST, "vaebench.pid": f"{os.getpid()}@{_start_time(os.getpid())}",
-            "vaebench.heartbeat": str(int(time.time()))}
+    return {TAG_HOST: HOST, TAG_PID: f"{os.getpid()}@{_start_time(os.getpid())}",
+            TAG_HEARTBEAT: str(int(time.time()))}
 
 
 def holder_alive(tags: dict[str, str], now: float | None = None) -> bool:
     """Whether the process named by a run's lease tags still runs: on this host, by its pid and
     start time; on another host (or where start times are unknown), by a heartbeat fresher than
     :data:`STALE_S`."""
-    pid, _, start = tags.get("vaebench.pid", "").partition("@")
-    if tags.get("vaebench.host") == HOST and pid.isdigit():
+    pid, _, start = tags.get(TAG_PID, "").partition("@")
+    if tags.get(TAG_HOST) == HOST and pid.isdigit():
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
@@ -137,7 +181,7 @@ def holder_alive(tags: dict[str, str], now: float | None = None) -> bool:
         now_start = _start_time(int(pid))
         if start or now_start:
             return now_start == start
-    beat = tags.get("vaebench.heartbeat", "")
+    beat = tags.get(TAG_HEARTBEAT, "")
     return bool(beat) and (now or time.time()) - float(beat) < STALE_S
 
 
@@ -154,7 +198,7 @@ class Heartbeat:
     def _beat(self, client, run_id, every, check) -> None:
         while not self._stop.wait(every):
             try:
-                client.set_tag(run_id, "vaebench.heartbeat", str(int(time.time())))
+                client.set_tag(run_id, TAG_HEARTBEAT, str(int(time.time())))
                 if check is not None:
                     check(client.get_run(run_id))
             except Exception:
@@ -213,6 +257,9 @@ def parent_note(suite: str, params: dict[str, str]) -> str:
 
 
 def device_name(device: torch.device) -> str:
+    """The device as the tag ``device_name`` names it: the GPU's model, or the CPU and its cores."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform
@@ -257,7 +304,7 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
-            tags={"vaebench.role": "parent", "vaebench.suite": self.suite, NOTE: parent_note(self.suite, params),
+            tags={TAG_ROLE: "parent", TAG_SUITE: self.suite, NOTE: parent_note(self.suite, params),
                   **lease_tags(), **tags},
         )
         self.parent_id = run.info.run_id
@@ -268,7 +315,7 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=run_name,
-            tags={"mlflow.parentRunId": self.parent_id, "vaebench.role": "child", "vaebench.suite": self.suite, **tags},
+            tags={"mlflow.parentRunId": self.parent_id, TAG_ROLE: "child", TAG_SUITE: self.suite, **tags},
         )
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
@@ -277,14 +324,7 @@ class Tracker:
 
     def search(self, role: str) -> list:
         """Every run of the experiment with ``vaebench.role = role`` (all pages)."""
-        out, token = [], None
-        while True:
-            page = self.client.search_runs([self.experiment_id], f"tags.`vaebench.role` = '{role}'",
-                                           max_results=1000, page_token=token)
-            out.extend(page)
-            token = page.token
-            if not token:
-                return out
+        return search_all(self.client, [self.experiment_id], role_filter(role))
 
     def reopen(self, run_id: str, tags: dict[str, str]) -> None:
         """An existing run continues (resumed): RUNNING again, with ``tags``."""

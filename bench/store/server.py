@@ -10,7 +10,7 @@ need a server. This one:
   authentication with a random password kept in ``<root>/postgres.password``; as root, initdb
   refuses to run, so the cluster runs as the ``postgres`` user);
 * starts ``mlflow server --backend-store-uri <db> --serve-artifacts --artifacts-destination
-  <root>/artifacts`` on 127.0.0.1 (``bench.ui``: one worker, no job-runner processes) and prints the
+  <root>/artifacts`` on 127.0.0.1 (``bench.store.ui``: one worker, no job-runner processes) and prints the
   ``--tracking-uri`` for ``python -m bench run``. Clients write artifacts (and the checkpoints)
   through the server: workers need no shared filesystem.
 
@@ -122,7 +122,7 @@ def _masked(uri: str) -> str:
 
 def serve(port: int = 5000, database_uri: str | None = None, root: Path = Path("mlflow-server")) -> int:
     """Run the server until Ctrl-C / SIGTERM (see the module docstring); the exit code."""
-    from bench import ui
+    from bench.store import ui
 
     if database_uri is not None and not database_uri.startswith("postgresql"):
         raise BenchError(f"--database-uri must be a PostgreSQL URI (postgresql+psycopg://...), got {_masked(database_uri)}")

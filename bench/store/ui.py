@@ -9,12 +9,12 @@ Settings (measured on the project's machines: MLflow 3.17.2, 2 cores): ``--worke
 ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`` keep the server at 2 processes (about 400 MiB)
 instead of 10-15, and it answers ``/health`` about 4 s after the start. Artifacts: the harness
 creates each experiment with its own ``artifact_location`` (``<store dir>/mlartifacts`` for a
-sqlite store, ``bench.tracking.artifact_root``), which the server reads directly;
+sqlite store, ``bench.store.tracking.artifact_root``), which the server reads directly;
 ``--artifacts-destination`` points at the same directory so an experiment created from the UI
 lands there too. The 3.x UI opens an experiment in its GenAI view, with child runs folded under
 their parent and no metric column: the URL printed for each experiment (:func:`runs_page_url`)
 opens its runs table in the "Model training" view through the shared view the harness stores
-with the experiment (``bench.tracking.RUNS_VIEW``): the child runs, best ``test/log_px`` first,
+with the experiment (``bench.store.tracking.RUNS_VIEW``): the child runs, best ``test/log_px`` first,
 with their metrics as columns.
 """
 
@@ -42,8 +42,8 @@ LOOPBACK = "127.0.0.1"
 def runs_page_url(base_url: str, experiment_id: str, view: bool = True) -> str:
     """The runs table of an experiment in the MLflow 3.x UI's "Model training" view (not its
     default GenAI view); ``view``: through the experiment's shared view of its child runs with
-    their metrics (``bench.tracking.RUNS_VIEW``; only for experiments that have it)."""
-    from bench.tracking import RUNS_VIEW
+    their metrics (``bench.store.tracking.RUNS_VIEW``; only for experiments that have it)."""
+    from bench.store.tracking import RUNS_VIEW
 
     url = f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     return f"{url}&viewStateShareKey={RUNS_VIEW}" if view else url
@@ -66,7 +66,7 @@ def server_command(tracking_uri: str, host: str = LOOPBACK, port: int = 5000, ar
     ``artifacts``: the directory of proxied artifacts (default: beside a sqlite store)."""
     if tracking_uri.startswith(("http://", "https://")):
         raise BenchError(f"{tracking_uri} is already a tracking server: open it in a browser")
-    from bench.tracking import artifact_root
+    from bench.store.tracking import artifact_root
 
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
            "--host", host, "--port", str(port), "--workers", "1"]
@@ -169,7 +169,7 @@ def serve(tracking_uri: str, host: str = LOOPBACK, port: int = 5000, artifacts: 
         print(banner or f"MLflow UI for {tracking_uri} at {base}/", flush=True)
         from mlflow import MlflowClient
 
-        from bench.tracking import VIEW_TAG
+        from bench.store.tracking import VIEW_TAG
 
         for exp in MlflowClient(tracking_uri).search_experiments():
             print(f"  {exp.name}: {runs_page_url(base, exp.experiment_id, VIEW_TAG in exp.tags)}", flush=True)

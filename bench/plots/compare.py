@@ -3,7 +3,7 @@
 An *invocation* is a parent run of the suite's experiment (one ``python -m bench run``). Each
 records, in its artifact ``invocation.json``, every run key of the suite with the child run that
 holds its numbers and how it got them (``reused``, ``resumed``, ``ran``, ``failed``, ``killed``,
-``pending``), and the counts as the tags ``vaebench.n_<outcome>`` (``bench.runner``).
+``pending``), and the counts as the tags ``vaebench.n_<outcome>`` (``bench.run.runner``).
 
 ``A`` and ``B`` are each a parent run id (or a unique prefix of one) or a git commit (a prefix of
 the invocations' ``git_commit`` tag, or any revision ``git rev-parse`` knows here: ``HEAD~1``,
@@ -46,13 +46,15 @@ from pathlib import Path
 import pandas as pd
 
 from bench import vocabulary
+from bench.config import PLACEMENT
 from bench.errors import BenchError
+from bench.store import tracking
 
 USED = ("ran", "resumed", "reused")  # outcomes whose run holds final numbers
 ALPHA = 0.05
-# RunConfig fields that say how or where a run ran, not what it computes; and the params the
-# planner derives from the data (they vary with the dataset, never on their own)
-NOT_COORDINATES = {"threads", "device", "data_dir", "likelihood", "train_examples", "test_examples", "data_source"}
+# RunConfig fields that say how or where a run ran, not what it computes (bench.config.PLACEMENT); and
+# the params the planner derives from the data (they vary with the dataset, never on their own)
+NOT_COORDINATES = {*PLACEMENT, "likelihood", "train_examples", "test_examples", "data_source"}
 
 
 @dataclass
@@ -71,7 +73,8 @@ class Invocation:
         return pd.Timestamp(self.start_time, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M:%S UTC")
 
     def counts(self) -> str:
-        n = {o: self.tags.get(f"vaebench.n_{o}", "") for o in ("ran", "resumed", "reused", "failed", "killed", "pending")}
+        order = (*USED, *(o for o in tracking.OUTCOMES if o not in USED))
+        n = {o: self.tags.get(tracking.TAG_COUNT + o, "") for o in order}
         parts = [f"{v} {o}" for o, v in n.items() if v and v != "0"]
         return f"{len(self.runs)} runs: " + (", ".join(parts) if parts else "none counted")
 
@@ -90,15 +93,9 @@ def _experiment(client, suite: str):
 
 def invocations(client, experiment_id: str) -> list[Invocation]:
     """The suite's invocations (parent runs), oldest first."""
-    out, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], "tags.`vaebench.role` = 'parent'", max_results=1000, page_token=token)
-        for r in page:
-            out.append(Invocation(r.info.run_id, r.info.run_name, r.info.start_time, r.info.status,
-                                  r.data.tags.get("git_commit", ""), dict(r.data.params), dict(r.data.tags)))
-        token = page.token
-        if not token:
-            break
+    out = [Invocation(r.info.run_id, r.info.run_name, r.info.start_time, r.info.status,
+                      r.data.tags.get("git_commit", ""), dict(r.data.params), dict(r.data.tags))
+           for r in tracking.search_all(client, [experiment_id], tracking.role_filter("parent"))]
     return sorted(out, key=lambda i: i.start_time)
 
 
@@ -110,7 +107,7 @@ def _read_runs(client, inv: Invocation) -> None:
             doc = json.loads(Path(client.download_artifacts(inv.run_id, "invocation.json", tmp)).read_text())
             runs = doc.get("runs", [])
         except Exception:  # an older parent: its own children, each counted as ran
-            runs = [{"run_key": r.data.tags.get("vaebench.run_key", r.info.run_id), "run_name": r.info.run_name,
+            runs = [{"run_key": r.data.tags.get(tracking.TAG_RUN_KEY, r.info.run_id), "run_name": r.info.run_name,
                      "run_id": r.info.run_id, "outcome": "ran" if r.info.status == "FINISHED" else r.info.status.lower()}
                     for r in client.search_runs([client.get_run(inv.run_id).info.experiment_id],
                                                 f"tags.`mlflow.parentRunId` = '{inv.run_id}'", max_results=10000)]
@@ -123,10 +120,8 @@ def _read_runs(client, inv: Invocation) -> None:
 
 
 def _git_revision(ref: str) -> str | None:
-    from bench.tracking import REPO
-
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+        out = subprocess.run(["git", "-C", str(tracking.REPO), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None

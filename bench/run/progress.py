@@ -25,6 +25,19 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def run_line(epoch: int, epochs: int, row: dict[str, float] | None) -> str:
+    """A run's progress line: the epoch, its training bound, validation ELBO and throughput; the
+    epoch alone without its values; after the final evaluation (``epoch < 0``) the test ELBO, the
+    test log-likelihood and the evaluation's throughput."""
+    if epoch < 0 and row:
+        log_px = f"test/log_px {row['test/log_px']:.3f}" if "test/log_px" in row else "test/log_px skipped"
+        return f"test/elbo {row['test/elbo']:.3f}  {log_px}  ({row['perf/eval_examples_per_s']:,.0f} eval ex/s)"
+    if not row:
+        return f"epoch {epoch:>3}/{epochs}"
+    return (f"epoch {epoch:>3}/{epochs}  train {-row['train/loss']:9.3f}  val/elbo {row['val/elbo']:9.3f}  "
+            f"{row['train/examples_per_s']:10,.0f} ex/s")
+
+
 @dataclass
 class _Run:
     label: str
@@ -58,10 +71,14 @@ class SuiteProgress:
             self.print(f"{label} started" + (f" (resumed after epoch {start_epoch})" if start_epoch else ""))
         self.tick()
 
-    def update(self, run_id: str, epoch: int, line: str) -> None:
+    def update(self, run_id: str, epoch: int, row: dict[str, float] | None = None) -> None:
+        """A run's epoch done, with its logged values (``bench.train.run``'s ``on_epoch``; ``None``
+        where only the epoch is known: a remote worker's ``vaebench.epoch`` tag); ``epoch < 0``: its
+        final evaluation."""
         r = self.running.get(run_id)
         if r is None:
             return
+        line = run_line(epoch, r.epochs, row)
         if epoch > r.epoch:
             self.epochs_done += epoch - max(r.epoch, r.start_epoch)
             r.epoch = epoch

@@ -1,0 +1,260 @@
+"""A suite file: its grid expanded into run configs, its options, and its ``[published]`` numbers.
+
+A suite is a TOML file (``bench/suites/<name>.toml``, or any path)::
+
+    description = "one line"
+    [defaults]                     # RunConfig keys shared by every run
+    epochs = 5
+    [[grid]]                       # every combination of the lists is one child run
+    variants = ["vanilla", "iwae"] # or "*" for every registered variant (minus `exclude`)
+    exclude = ["linear-gaussian"]  # optional, with "*"
+    objectives = ["elbo"]          # optional; default: each variant's default objective
+    datasets = ["digits"]
+    seeds = [0, 1, 2]
+    [grid.set]                     # optional RunConfig keys for this grid only
+    k = 5
+    [variant_options.planar-flow]  # keyword options passed to variants.build for that variant
+    flow_length = 8
+    [objective_options.rebar]      # keyword options of a trainable objective (bench.objectives)
+    learn_temperature = false
+    [published]                    # optional: a paper's numbers, shown beside ours by `bench plots`
+    citation = "Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders, ICLR"
+    table = "Table 1, MNIST"
+    protocol = "what the paper did: data, binarization, training length, evaluation"
+    note = "how the numbers were converted (the paper's NLL is stored as log p(x) = -NLL)"
+    rows = [{ variant = "iwae", k = 5, dataset = "mnist", "test/log_px" = -85.54 }]
+
+A published row matches the runs whose config has every non-metric key's value (any RunConfig
+key: ``variant``, ``objective``, ``k``, ``dataset``, ...); its metric keys (names with a ``/``)
+are the paper's numbers in our metric's own units and sign (higher is better for bounds).
+
+Precedence, lowest first: RunConfig defaults, the suite's ``[defaults]``, the grid's ``set``, the
+command line's ``--set key=value``. On the command line ``variants=``, ``objectives=`` and
+``datasets=`` keep only the runs of those names, and ``seeds=`` replaces the seeds.
+Everything is checked before any run starts: an unknown key or a wrong type is an error naming
+the valid keys.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import variants
+from bench import data as datasets
+from bench import objectives
+from bench.config import FIELDS, GRID_KEYS, SETTABLE, RunConfig, coerce, validate
+from bench.errors import ConfigError
+
+SUITES_DIR = Path(__file__).parent / "suites"
+
+
+# the keys a published row may select runs by: every RunConfig field but the option tables (which
+# the params record per option, ``option.<name>``)
+MATCHABLE = sorted(k for k in FIELDS if k not in ("variant_options", "objective_options"))
+
+
+@dataclass
+class PublishedRow:
+    """One published result: the run config it belongs to and the paper's numbers."""
+
+    match: dict[str, object]  # RunConfig keys and values a run must have (variant, k, dataset, ...)
+    values: dict[str, float]  # metric name -> the paper's number in the metric's convention
+
+    def matches(self, params: dict[str, str]) -> bool:
+        """``params``: a run's MLflow params (strings, as :meth:`RunConfig.params` writes them)."""
+        return all(params.get(k) == param_str(v) for k, v in self.match.items())
+
+
+@dataclass
+class Published:
+    """A suite's ``[published]`` table: a paper's numbers to compare ours with."""
+
+    citation: str
+    table: str
+    protocol: str
+    note: str
+    rows: list[PublishedRow]
+
+
+def param_str(value) -> str:
+    """A config value as :meth:`RunConfig.params` records it (lists joined by commas)."""
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    description: str
+    runs: list[RunConfig]
+    published: Published | None = None
+
+
+def suite_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        return p
+    return SUITES_DIR / f"{name_or_path}.toml"
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+
+
+def _check_keys(table: dict, valid, where: str) -> None:
+    unknown = sorted(set(table) - set(valid))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+
+
+def _read_suite_file(name_or_path: str) -> tuple[Path, dict]:
+    path = suite_path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(
+            f"no suite {name_or_path!r} (looked for {path}); available suites: {', '.join(available_suites())}"
+        )
+    try:
+        return path, tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read suite file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"suite file {path} is not valid TOML: {e}") from None
+
+
+def parse_published(table, where: str) -> Published:
+    """Validate a suite's ``[published]`` table (see the module docstring)."""
+    where = f"{where} [published]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    _check_keys(table, ("citation", "table", "protocol", "note", "rows"), where)
+    for key in ("citation", "table", "protocol"):
+        if not isinstance(table.get(key), str) or not table[key].strip():
+            raise ConfigError(f"{where}: {key} must be a non-empty string (say where the numbers come from)")
+    rows = table.get("rows")
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ConfigError(f"{where}: rows must be a non-empty array of tables")
+    out = []
+    for i, row in enumerate(rows, 1):
+        rwhere = f"{where} row {i}"
+        values = {k: v for k, v in row.items() if "/" in k}
+        match = {k: v for k, v in row.items() if "/" not in k}
+        _check_keys(match, MATCHABLE, f"{rwhere} (a key without '/' selects runs by their config)")
+        if not values:
+            raise ConfigError(f"{rwhere}: no metric (a key with '/', e.g. \"test/log_px\" = -85.54)")
+        for k, v in values.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{rwhere}: {k} must be a number, got {v!r}")
+        match = {k: v if k in ("variant", "objective", "dataset") else coerce(k, v, source=rwhere)
+                 for k, v in match.items()}
+        out.append(PublishedRow(match=match, values={k: float(v) for k, v in values.items()}))
+    return Published(citation=table["citation"].strip(), table=table["table"].strip(),
+                     protocol=table["protocol"].strip(), note=str(table.get("note", "")).strip(), rows=out)
+
+
+def load_published(name_or_path: str) -> Published | None:
+    """The ``[published]`` table of a suite file, or None (no such suite file, or no table)."""
+    if not suite_path(name_or_path).is_file():
+        return None
+    path, doc = _read_suite_file(name_or_path)
+    return parse_published(doc["published"], str(path)) if "published" in doc else None
+
+
+def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) -> Suite:
+    """Read a suite and expand it into run configs with the overrides applied (all validated)."""
+    overrides = dict(overrides or {})
+    path, doc = _read_suite_file(name_or_path)
+    where = str(path)
+    _check_keys(doc, ("description", "defaults", "grid", "variant_options", "objective_options", "published"), where)
+    published = parse_published(doc["published"], where) if "published" in doc else None
+    base: dict[str, object] = {}
+    for key, value in doc.get("defaults", {}).items():
+        _check_keys({key: 0}, SETTABLE, f"{where} [defaults]")
+        base[key] = coerce(key, value, source=f"{where} [defaults]")
+    options = doc.get("variant_options", {})
+    for vname, opts in options.items():
+        if vname not in variants.available():
+            _unknown_variant(vname, where)
+        if not isinstance(opts, dict):
+            raise ConfigError(f"{where} [variant_options.{vname}] must be a table")
+    objective_options = doc.get("objective_options", {})
+    for oname, opts in objective_options.items():
+        if oname not in objectives.available():
+            valid = ", ".join(objectives.available())
+            raise ConfigError(f"{where} [objective_options.{oname}]: unknown objective; valid: {valid}")
+        if not isinstance(opts, dict):
+            raise ConfigError(f"{where} [objective_options.{oname}] must be a table")
+    grids = doc.get("grid", [])
+    if not grids:
+        raise ConfigError(f"{where}: a suite needs at least one [[grid]]")
+
+    filters = {k: overrides.pop(k) for k in ("variants", "objectives", "datasets") if k in overrides}
+    seeds_override = overrides.pop("seeds", None)
+    runs: list[RunConfig] = []
+    for i, g in enumerate(grids):
+        gwhere = f"{where} [[grid]] #{i + 1}"
+        _check_keys(g, (*GRID_KEYS, "exclude", "set"), gwhere)
+        names = g.get("variants", [])
+        if names == "*":
+            names = [v for v in variants.available() if v not in _names(g, "exclude", [], gwhere)]
+        names = _names({"variants": names}, "variants", [], gwhere)
+        for v in names:
+            if v not in variants.available():
+                _unknown_variant(v, gwhere)
+        dsets = _names(g, "datasets", ["digits"], gwhere)
+        for d in dsets:
+            if d not in datasets.available():
+                raise ConfigError(f"{gwhere}: unknown dataset {d!r}; valid: {', '.join(datasets.available())}")
+        seeds = seeds_override if seeds_override is not None else _ints(g, "seeds", [0], gwhere)
+        local = dict(base)
+        for key, value in g.get("set", {}).items():
+            _check_keys({key: 0}, SETTABLE, f"{gwhere} set")
+            local[key] = coerce(key, value, source=f"{gwhere} set")
+        local.update(overrides)
+        for v, d, s in itertools.product(names, dsets, seeds):
+            vcls = variants.get(v)
+            for o in _names(g, "objectives", [], gwhere) or [vcls.default_objective]:
+                try:
+                    objectives.check_applies(o, vcls)
+                except (objectives.UnknownObjectiveError, objectives.NotApplicableError) as e:
+                    raise ConfigError(f"{gwhere}: {e}") from None
+                cfg = RunConfig(variant=v, objective=o, dataset=d, seed=s, **local)
+                cfg.variant_options = dict(options.get(v, {}))
+                cfg.objective_options = {name: dict(opts) for name, opts in objective_options.items()}
+                if cfg.k == 0:
+                    cfg.k = vcls.default_k
+                runs.append(cfg)
+    for key, names in filters.items():
+        attr = key[:-1]
+        known = {getattr(r, attr) for r in runs}
+        missing = sorted(set(names) - known)
+        if missing:
+            raise ConfigError(
+                f"--set {key}=: {', '.join(missing)} not in suite {path.stem!r} (it has: {', '.join(sorted(known))})"
+            )
+        runs = [r for r in runs if getattr(r, attr) in names]
+    for r in runs:
+        validate(r, where)
+    return Suite(name=path.stem, path=path, description=str(doc.get("description", "")), runs=runs,
+                 published=published)
+
+
+def _names(table: dict, key: str, default: list[str], where: str) -> list[str]:
+    """``table[key]`` as a list of names (a TOML array of strings)."""
+    value = table.get(key, default)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: {key} must be a list of names (an array of strings), got {value!r}")
+    return value
+
+
+def _ints(table: dict, key: str, default: list[int], where: str) -> list[int]:
+    value = table.get(key, default)
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{where}: {key} must be a list of integers, got {value!r}")
+    return value
+
+
+def _unknown_variant(name: str, where: str):
+    raise ConfigError(f"{where}: unknown variant {name!r}; valid variants: {', '.join(variants.available())}")
