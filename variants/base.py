@@ -448,6 +448,12 @@ class GaussianLatentVAE(VAE):
     def log_prior(self, z: Tensor) -> Tensor:
         return self.log_top_prior(z)
 
+    def log_q_at(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log q(z | x)`` at given latents ``z [..., B, d]`` for ``x [B, D]``: ``[..., B]`` (the
+        sleep phase of wake-sleep scores dreamt ``(z, x)`` with it)."""
+        mu, log_sigma = self.variational_params(flat(x)).chunk(2, dim=-1)
+        return diag_gaussian_log_prob(z, mu, log_sigma)
+
     def terms(self, x, k=1, *, params=None, mode="reparam") -> LogWeightTerms:
         """``z = mu + sigma eps`` (detached in ``"score"``), ``log q`` at ``lambda`` (detached in
         ``"stop-q"``), the closed-form KL in ``"reparam"`` under ``N(0, I)``; computed directly, and
@@ -500,6 +506,8 @@ class FlowVAE(GaussianLatentVAE):
     def vamp_components(self, u: Tensor) -> Tensor:
         """The base Gaussian ``q_0(z | u)`` (a flow's density at a given ``z`` needs its inverse)."""
         return self.base_params(self.variational_params(u))
+
+    log_q_at = None  # log q(z | x) at a given z needs the inverse flow: no sleep phase
 
     def transform(self, z0: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
         """``(z_K, sum_k log |det df_k/dz|)`` for ``z0 [k, B, d]`` under ``lam [B, P]``."""

@@ -76,6 +76,11 @@ class HierarchicalVAE(VAE):
         is an integral over ``z1``)."""
         return self.encoder2(self.variational_params(u)[..., : self.latent_dim])
 
+    def log_q_at(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log q(z1 | x) + log q(z2 | z1)`` at given ``z = [z1, z2]`` (``[..., B, d1 + d2]``): ``[..., B]``."""
+        z1, z2 = z.split([self.latent_dim, self.latent_dim2], -1)
+        return diag_gaussian(self.variational_params(x)).log_prob(z1) + diag_gaussian(self.encoder2(z1)).log_prob(z2)
+
     def p_z1(self, z2: Tensor) -> Distribution:
         """``p(z1 | z2)``, batch ``z2.shape[:-1]``, event ``[d1]``."""
         return diag_gaussian(self.decoder_z1(z2))

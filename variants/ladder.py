@@ -169,6 +169,16 @@ class LadderVAE(VAE):
         """The bottom-up top head ``q(z_L | u) = N(mu_hat_L(u), sigma_hat_L(u)^2)``, ``[K, 2 d_L]``."""
         return self.split_params(self.variational_params(u))[-1]
 
+    def log_q_at(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log q(z_L | x) + sum_{i<L} log q(z_i | z_{i+1}, x)`` at given ``z = [z_1, ..., z_L]``
+        (``[..., B, sum d_i]``): ``[..., B]``."""
+        zs = z.split(list(self.latent_dims), -1)
+        hats = self.split_params(self.variational_params(flat(x)))
+        out = diag_gaussian(hats[-1]).log_prob(zs[-1])
+        for i in reversed(range(len(self.latent_dims) - 1)):
+            out = out + diag_gaussian(precision_merge(hats[i], self.decoder_td[i](zs[i + 1]))).log_prob(zs[i])
+        return out
+
     def variational_params(self, x: Tensor) -> Tensor:
         h, out = flat(x), []
         for up, head in zip(self.encoder_up, self.encoder_heads):
