@@ -31,6 +31,9 @@ with ``z_0 ~ p(z)`` and, for t = 1..T, the weight update then one HMC transition
   keeps ``E[w] = p(x)`` exact (adapting on the counted chains themselves makes the kernel a
   function of the chain's history, which the AIS argument does not cover).
 
+With a learned prior (``variants.priors``) ``z_0 ~ p(z)``, ``f_t`` and BDMC's simulated data use
+it: every prior term goes through the variant's ``sample_prior`` and ``log_prior``.
+
 BDMC (Grosse, Ghahramani & Adams 2015): on data simulated from the model, ``(z*, x) ~ p(z) p(x |
 z)``, ``z*`` is an exact sample of ``p(z | x)``. Reverse AIS starts there and anneals from
 ``beta = 1`` to 0 with the forward run's kernels (its step sizes, in reverse), accumulating
@@ -52,6 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.passes import evaluating, sized_chunk
+from variants import priors
 from variants.base import VAE, flat
 
 STEP_MIN, STEP_MAX = 1e-4, 0.5
@@ -244,7 +248,7 @@ def ais_log_likelihood(
     (leapfrog + 2)`` decoder passes, forward and backward, per chunk. Eval mode; raises
     ``NotImplementedError`` with :func:`unsupported`'s reason on a variant it does not apply to."""
     settings = Settings(n_chains, n_steps, **options)
-    with evaluating(model):
+    with evaluating(model), priors.fixed(model):  # a VampPrior's components computed once
         log_w, _ = forward_chains(model, flat(x), settings, chunk)
     return _log_mean_exp(log_w)
 
@@ -268,7 +272,7 @@ def bdmc(
     settings are :func:`ais_log_likelihood`'s. ``data``: the simulated ``(z* [n, L], x [n, D])``
     if the caller drew them (default: drawn here from the global generator). Eval mode."""
     settings = Settings(n_chains, n_steps, **options)
-    with evaluating(model):
+    with evaluating(model), priors.fixed(model):
         reason = unsupported(model)
         if reason:
             raise NotImplementedError(reason)

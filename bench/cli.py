@@ -64,6 +64,14 @@ def cmd_list(args) -> int:
     for name in objectives.available():
         applies = [v for v in variants.available() if objectives.applies_to(name, variants.get(name=v))]
         print(f"  {name:<16} {', '.join(applies) or '-'}\n  {'':<16} {objectives.spec(name).summary}")
+    from variants import priors
+
+    print("priors (run-config key prior, with prior_components):")
+    for name, summary in priors.SUMMARIES.items():
+        applies = [v if priors.unsupported(variants.get(v), name) is None else f"{v} (batch_norm = false)"
+                   for v in variants.available()
+                   if priors.unsupported(variants.get(v), name, {"batch_norm": False}) is None]
+        print(f"  {name:<16} {', '.join(applies)}\n  {'':<16} {summary}")
     print("datasets:")
     for name in data.available():
         print(f"  {name}")

@@ -44,6 +44,12 @@ class RunConfig:
     batch shape in a CUDA graph after 3 eager warm-up steps and replayed (one launch instead of
     about a hundred), Adam ``capturable``. Both refuse objectives with parameters of their own
     (NVIL, REBAR, RELAX: eager only). See ``bench.step.make_step``.
+
+    ``prior``: ``p(z)`` of the Gaussian latent (two-layer variants: of the top layer).
+    ``"standard"`` is ``N(0, I)``, the variant's own code unchanged; ``"mog"`` a learned mixture of
+    ``prior_components`` diagonal Gaussians; ``"vamp"`` the VampPrior (Tomczak & Welling 2018) with
+    ``prior_components`` pseudo-inputs (``variants.priors``). A learned prior has no closed-form
+    KL: the ELBO uses ``log p(z) - log q(z | x)`` at the sample.
     """
 
     variant: str = "vanilla"
@@ -52,6 +58,8 @@ class RunConfig:
     seed: int = 0
     k: int = 0  # samples per example in the training objective
     latent_dim: int = 16
+    prior: str = "standard"  # standard (N(0, I)) | mog | vamp: p(z) of the (top) Gaussian latent (variants.priors)
+    prior_components: int = 0  # mixture components / VampPrior pseudo-inputs; 0 = the prior's default (mog 10, vamp 500)
     hidden: list[int] = field(default_factory=lambda: [200, 200])
     activation: str = "tanh"
     epochs: int = 10
@@ -269,6 +277,18 @@ def validate(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: val_size must be >= 0 (0 = the dataset's split), got {cfg.val_size}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"{where}: device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    from variants import priors
+
+    if cfg.prior_components < 0:
+        raise ConfigError(f"{where}: prior_components must be >= 0 (0 = the prior's default), got {cfg.prior_components}")
+    if cfg.prior == "standard" and cfg.prior_components:
+        raise ConfigError(f"{where}: prior_components = {cfg.prior_components} needs prior = 'mog' or 'vamp' "
+                          "(the standard prior N(0, I) has no components)")
+    import variants
+
+    why = priors.unsupported(variants.get(cfg.variant), cfg.prior, cfg.variant_options)
+    if why:
+        raise ConfigError(f"{where}: {cfg.run_name}: {why}")
     for o in cfg.grad_objectives:
         if o not in objectives.available():
             raise ConfigError(f"{where}: grad_objectives: unknown objective {o!r}; valid: {', '.join(objectives.available())}")

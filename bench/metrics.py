@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from bench import ais, objectives, snr
 from bench.passes import common_random_numbers, evaluating, sized_chunk
 from bench.vocabulary import GRADIENT_STATS  # per group, see bench.snr
+from variants import priors
 
 DEFAULT_CHUNK = 2**16  # latent draws per pass of posterior_means (the active units)
 
@@ -124,7 +125,7 @@ def log_likelihood(model: nn.Module, x: Tensor, k: int = 5000, chunk: int = 0) -
     :func:`log_weight_moments`); the result does not depend on the chunking beyond Monte Carlo
     noise. No gradients; eval mode.
     """
-    with evaluating(model):
+    with evaluating(model), priors.fixed(model):  # a VampPrior's components computed once
         lse, _ = log_weight_moments(model, x, k, chunk=chunk)
     return lse - math.log(k)
 
@@ -238,7 +239,7 @@ def gaps(
     ``elbo_amortized``, ``elbo_local``, ``approximation``, ``amortization``, ``local_no_gain``.
     Runs in eval mode.
     """
-    with evaluating(model):
+    with evaluating(model), priors.fixed(model):  # a VampPrior's components computed once
         with torch.no_grad():
             lam_enc = getattr(model, "local_params", model.variational_params)(x)
         lam_local, _ = optimize_local(
@@ -478,9 +479,19 @@ def active_units(
     (``[B, ...]``, B >= 2). With several stochastic layers all units are counted together, or,
     ``per_layer=True``, a list of counts per layer, the layer next to ``x`` first (Burda et al.
     report 16 + 5 for their two-layer MNIST model). Eval mode.
+
+    With a learned prior over the top latent (``variants.priors``) its units are measured in the
+    prior's own scale: ``Cov_x(E_q[z_u | x]) / Var_p(z_u) > threshold``, ``Var_p`` the prior's
+    marginal variance (1 under ``N(0, I)``, so the standard prior's count is unchanged). A
+    learned prior leaves the scale of ``z`` free (the decoder can absorb it), so an absolute
+    threshold would count units by an arbitrary unit of length.
     """
     with evaluating(model):
         layers = posterior_means(model, x, n_samples, per_layer=True)
+        var_p = priors.top_variance(model)
+    if var_p is not None:  # the top layer is the last (posterior_means: the layer next to x first)
+        m, v = layers[-1]
+        layers[-1] = (m / var_p.sqrt().to(m), v / var_p.to(v))
     counts = [count_active(m, threshold, v) for m, v in layers]
     return counts if per_layer else sum(counts)
 

@@ -39,6 +39,7 @@ from bench.data import Dataset
 from bench.errors import ConfigError, NonFiniteLoss
 from bench.schedules import LR_SCHEDULES, kl_weight
 from bench.step import make_optimizer, make_step, set_lr
+from variants import priors
 from variants.base import Decoder
 
 LogFn = Callable[[dict[str, float], int | None], None]
@@ -67,6 +68,7 @@ def build_model(cfg: RunConfig, data: Dataset) -> nn.Module:
             activation=cfg.activation,
             **cfg.variant_options,
         )
+        priors.attach(model, cfg.prior, cfg.prior_components, cfg.variant_options)  # "standard": unchanged
     except (variants.VariantConfigError, ValueError) as e:
         raise ConfigError(f"run {cfg.run_name}: {e}") from None
     if cfg.init_decoder_bias:  # Burda et al.'s code: the output bias starts at the training mean
@@ -84,15 +86,17 @@ def build_model(cfg: RunConfig, data: Dataset) -> nn.Module:
 @torch.no_grad()
 def evaluate_elbo(model: nn.Module, x: Tensor, k: int, chunk: int = 0) -> dict[str, float]:
     """ELBO = recon - KL on ``x`` with ``k`` samples of q per example (the closed-form KL where
-    the variant gives one), in passes of about ``chunk`` log-weights (``0``: sized for the device,
+    the variant gives one, else ``mean_j [log q(z_j | x) - log p(z_j)]``, e.g. under a learned
+    prior), in passes of about ``chunk`` log-weights (``0``: sized for the device,
     ``bench.metrics.log_weight_chunk``). Returns means over examples."""
     recon = kl = 0.0
-    batch = max(1, metrics.log_weight_chunk(model, x, chunk=chunk) // k)
-    for i in range(0, len(x), batch):
-        t = model.terms(x[i : i + batch], k, mode=model.eval_mode)
-        kl_b = t.kl if t.kl is not None else (t.log_qz - t.log_pz).mean(0)
-        recon += t.log_px_z.mean(0).sum().item()
-        kl += kl_b.sum().item()
+    with priors.fixed(model):  # a VampPrior's components computed once (variants.priors)
+        batch = max(1, metrics.log_weight_chunk(model, x, chunk=chunk) // k)
+        for i in range(0, len(x), batch):
+            t = model.terms(x[i : i + batch], k, mode=model.eval_mode)
+            kl_b = t.kl if t.kl is not None else (t.log_qz - t.log_pz).mean(0)
+            recon += t.log_px_z.mean(0).sum().item()
+            kl += kl_b.sum().item()
     n = len(x)
     return {"elbo": (recon - kl) / n, "recon": recon / n, "kl": kl / n}
 

@@ -77,7 +77,7 @@ def test_registered_with_its_declarations():
     assert set(cls.modes) == {"score", "relaxed", "straight-through"}
     assert set(objectives.applicable(cls)) == {
         "arm", "disarm", "rebar", "relax", "rloo", "nvil", "reinforce", "vimco",
-        "gumbel-softmax", "st-gumbel", "concrete",
+        "gumbel-softmax", "st-gumbel", "concrete", "wake-sleep", "rws",
     }
     # the binary estimators need what only a binary variant has: not the categorical one
     for name in ("arm", "disarm", "rebar", "relax"):

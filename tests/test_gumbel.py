@@ -59,7 +59,7 @@ def test_registered_with_declared_contract():
     # latent_dim is accepted and ignored: the code size is n_latent * n_classes
     assert model.code_dim == N_LAT * N_CLS
     assert set(objectives.applicable(cls)) == {
-        "gumbel-softmax", "st-gumbel", "concrete", "reinforce", "rloo", "nvil", "vimco"
+        "gumbel-softmax", "st-gumbel", "concrete", "reinforce", "rloo", "nvil", "vimco", "wake-sleep", "rws"
     }
     with pytest.raises(objectives.NotApplicableError, match="discrete"):
         objectives.check_applies("elbo", cls)

@@ -133,7 +133,12 @@ class VAE(nn.Module):
     * ``deterministic_q``: ``q(z | x)`` is a point mass (VQ-VAE): ``log_weights`` repeats one value;
     * ``not_applicable``: measurements that do not apply to the variant, each with the reason
       (``"log_px"``, ``"gaps"``, ``"grad"``, ``"active_units"``): the training loop skips them and
-      the run records the reason (``bench.config.skipped_measurements``), never a NaN.
+      the run records the reason (``bench.config.skipped_measurements``), never a NaN;
+    * ``learned_priors``: the config's non-standard priors (``"mog"``, ``"vamp"``, see
+      ``variants.priors``) the variant accepts over its top latent (``top_latent_dim``). Once one is
+      attached, ``self.latent_prior`` holds it (``None``: the variant's own prior) and the variant
+      reads ``log p(z_top)`` from :meth:`log_top_prior` and ``p(z_top)`` from :meth:`top_prior`;
+      ``"vamp"`` also needs :meth:`vamp_components`.
     """
 
     name: ClassVar[str] = "?"
@@ -146,6 +151,7 @@ class VAE(nn.Module):
     q_determined_by_params: ClassVar[bool] = True
     deterministic_q: ClassVar[bool] = False
     not_applicable: ClassVar[dict[str, str]] = {}
+    learned_priors: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, x_shape: tuple[int, ...], likelihood: str) -> None:
         super().__init__()
@@ -156,6 +162,7 @@ class VAE(nn.Module):
         self.likelihood = likelihood
         # a 0-dim zero that follows the module's device and dtype (priors are built from it)
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
+        self.latent_prior = None  # a variants.priors.LatentPrior once attached (prior = "mog" | "vamp")
 
     # -- the contract --------------------------------------------------------------------------
     def terms(
@@ -235,6 +242,20 @@ class VAE(nn.Module):
         """``N(0, I_dim)`` on the model's device and dtype, event shape ``[dim]`` (a prior)."""
         z = self._zero.expand(dim)
         return Independent(Normal(z, torch.ones_like(z), validate_args=False), 1, validate_args=False)
+
+    def top_prior(self, dim: int) -> Distribution:
+        """``p(z_top)``: ``N(0, I_dim)`` (:meth:`standard_normal`) or the attached learned prior."""
+        return self.standard_normal(dim) if self.latent_prior is None else self.latent_prior.distribution(self)
+
+    def log_top_prior(self, z: Tensor) -> Tensor:
+        """``log p(z_top)``, ``[..., d] -> [...]``: ``self.prior().log_prob(z)`` (the variant's own
+        prior, computed as before) or the attached learned prior's log-density."""
+        return self.prior().log_prob(z) if self.latent_prior is None else self.latent_prior.log_prob(z, self)
+
+    def vamp_components(self, u: Tensor) -> Tensor:
+        """The Gaussian ``[mu, log sigma]`` (``[K, 2d]``) over the top latent at inputs ``u [K, D]``:
+        the VampPrior's components (``variants.priors``)."""
+        raise NotImplementedError(f"variant {self.name!r} defines no VampPrior components")
 
     def check_mode(self, mode: str) -> None:
         if mode not in self.modes:
@@ -392,15 +413,25 @@ class GaussianLatentVAE(VAE):
     """One diagonal-Gaussian latent layer, ``q(z | x) = N(mu(x), diag sigma(x)^2)``, ``p(z) = N(0, I)``.
 
     Subclasses provide ``self.encoder`` (``[B, D] -> [B, 2d]``, i.e. ``lambda = [mu, log sigma]``)
-    and ``self.decoder`` (a :class:`Decoder`). This class gives the whole contract.
+    and ``self.decoder`` (a :class:`Decoder`). This class gives the whole contract. ``p(z)`` may be
+    replaced by a learned prior (``variants.priors``); the KL then has no closed form.
     """
+
+    learned_priors = frozenset({"mog", "vamp"})
 
     def __init__(self, x_shape, latent_dim: int, likelihood: str) -> None:
         super().__init__(x_shape, likelihood)
         self.latent_dim = int(latent_dim)
 
+    @property
+    def top_latent_dim(self) -> int:
+        return self.latent_dim
+
     def prior(self) -> Distribution:
-        return self.standard_normal(self.latent_dim)
+        return self.top_prior(self.latent_dim)
+
+    def vamp_components(self, u: Tensor) -> Tensor:
+        return self.variational_params(u)
 
     def variational_params(self, x: Tensor) -> Tensor:
         return self.encoder(flat(x))
@@ -415,12 +446,19 @@ class GaussianLatentVAE(VAE):
         return self.prior().sample((n,))
 
     def log_prior(self, z: Tensor) -> Tensor:
-        return self.prior().log_prob(z)
+        return self.log_top_prior(z)
+
+    def log_q_at(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log q(z | x)`` at given latents ``z [..., B, d]`` for ``x [B, D]``: ``[..., B]`` (the
+        sleep phase of wake-sleep scores dreamt ``(z, x)`` with it)."""
+        mu, log_sigma = self.variational_params(flat(x)).chunk(2, dim=-1)
+        return diag_gaussian_log_prob(z, mu, log_sigma)
 
     def terms(self, x, k=1, *, params=None, mode="reparam") -> LogWeightTerms:
         """``z = mu + sigma eps`` (detached in ``"score"``), ``log q`` at ``lambda`` (detached in
-        ``"stop-q"``), the closed-form KL in ``"reparam"``; computed directly, and ``log p(z)``,
-        ``log q(z | x)`` and the KL only when read (:class:`Lazy`)."""
+        ``"stop-q"``), the closed-form KL in ``"reparam"`` under ``N(0, I)``; computed directly, and
+        ``log p(z)``, ``log q(z | x)`` and the KL only when read (:class:`Lazy`). With a learned
+        prior ``log p(z)`` is its log-density at the sample and ``kl`` is ``None``."""
         self.check_mode(mode)
         x = flat(x)
         lam = self.variational_params(x) if params is None else params
@@ -429,6 +467,12 @@ class GaussianLatentVAE(VAE):
         if mode == "score":
             z = z.detach()
         q_mu, q_log_sigma = (mu.detach(), log_sigma.detach()) if mode == "stop-q" else (mu, log_sigma)
+        if self.latent_prior is not None:
+            return LogWeightTerms(
+                log_px_z=self.decoder.log_prob(z, x),
+                log_pz=Lazy(self.latent_prior.log_prob, z, self),
+                log_qz=Lazy(diag_gaussian_log_prob, z, q_mu, q_log_sigma),
+            )
         return LogWeightTerms(
             log_px_z=self.decoder.log_prob(z, x),
             log_pz=Lazy(standard_normal_log_prob, z),
@@ -447,7 +491,7 @@ class FlowVAE(GaussianLatentVAE):
     per-datapoint parameters follow. A subclass provides :meth:`transform` (the flow and its
     log-determinant, batched over ``k``) and :meth:`transforms` (the same flow as
     ``torch.distributions`` transforms, for :meth:`encode`). ``p(z) = N(0, I)``, ``p(x | z)`` as
-    in vanilla.
+    in vanilla (or a learned prior, ``variants.priors``).
 
     Modes: only ``"reparam"``: ``"stop-q"`` and ``"score"`` need ``log q`` at a given ``z_K`` under
     parameters other than those that drew it, i.e. the inverse flow. No closed-form KL.
@@ -458,6 +502,12 @@ class FlowVAE(GaussianLatentVAE):
     def base_params(self, lam: Tensor) -> Tensor:
         """``lambda [B, P] -> [mu, log sigma] [B, 2d]``."""
         return lam[..., : 2 * self.latent_dim]
+
+    def vamp_components(self, u: Tensor) -> Tensor:
+        """The base Gaussian ``q_0(z | u)`` (a flow's density at a given ``z`` needs its inverse)."""
+        return self.base_params(self.variational_params(u))
+
+    log_q_at = None  # log q(z | x) at a given z needs the inverse flow: no sleep phase
 
     def transform(self, z0: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
         """``(z_K, sum_k log |det df_k/dz|)`` for ``z0 [k, B, d]`` under ``lam [B, P]``."""
@@ -480,6 +530,6 @@ class FlowVAE(GaussianLatentVAE):
         z, log_det = self.transform(z0, lam)
         return LogWeightTerms(
             log_px_z=self.decoder.log_prob(z, x),
-            log_pz=standard_normal_log_prob(z),
+            log_pz=standard_normal_log_prob(z) if self.latent_prior is None else self.latent_prior.log_prob(z, self),
             log_qz=diag_gaussian_log_prob(z0, mu, log_sigma) - log_det,
         )

@@ -120,6 +120,14 @@ class BernoulliVAE(AnnealedTemperature, VAE):
         return (q * (log_q1 - log_p1) + (1 - q) * (log_q0 - log_p0)).sum(-1)
 
     # -- the contract ------------------------------------------------------------------------
+    def sample_prior(self, n: int) -> Tensor:
+        """``n`` codes ``b ~ p(b)``, ``[n, latent_dim]`` (the sleep phase of ``bench.objectives.wake_sleep``)."""
+        return torch.bernoulli(torch.sigmoid(self.prior_logits.detach()).expand(n, -1))
+
+    def log_q_at(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log q(b | x)`` at given codes ``z [..., B, n]``: ``[..., B]``."""
+        return bernoulli_log_prob(z, self.variational_params(flat(x)))
+
     def binary_terms(
         self, x: Tensor, b: Tensor, *, params: Tensor | None = None, detach_generative: bool = False
     ) -> CategoricalTerms:

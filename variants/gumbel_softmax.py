@@ -190,6 +190,17 @@ class GumbelSoftmaxVAE(AnnealedTemperature, VAE):
             z = z.flatten(-2)
         return self.decoder(z)
 
+    def sample_prior(self, n: int) -> Tensor:
+        """``n`` codes from the uniform prior, flattened one-hot ``[n, n * c]`` (the sleep phase of
+        ``bench.objectives.wake_sleep`` dreams from them; ``decode`` reads them)."""
+        idx = torch.randint(self.n_classes, (n, self.n_latent), device=self.tau.device)
+        return one_hot(idx, self.n_classes, self.tau.dtype).flatten(-2)
+
+    def log_q_at(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log q(z | x) = sum_i <z_i, log pi_i(x)>`` at given one-hot codes ``z [..., B, n * c]``: ``[..., B]``."""
+        log_p = self.log_probs(self.variational_params(flat(x)))  # [B, n, c]
+        return (z.unflatten(-1, (self.n_latent, self.n_classes)) * log_p).sum((-1, -2))
+
     def terms(self, x, k=1, *, params=None, mode="score") -> CategoricalTerms:
         self.check_mode(mode)
         x = flat(x)

@@ -5,7 +5,8 @@ section 5 and appendix C).
     inference:   q(z1 | x) = N(mu_1(x), diag sigma_1(x)^2),  q(z2 | z1) = N(mu_2(z1), diag sigma_2(z1)^2),
     log w = log p(x | z1) + [log p(z2) + log p(z1 | z2)] - [log q(z1 | x) + log q(z2 | z1)],
 
-with ``z1 ~ q(z1 | x)``, ``z2 ~ q(z2 | z1)``. ``latent_dim`` is ``z1``'s size, ``latent_dim2``
+with ``z1 ~ q(z1 | x)``, ``z2 ~ q(z2 | z1)``. ``p(z2)`` may be a learned prior instead (the config's
+``prior = "mog" | "vamp"``, ``variants.priors``). ``latent_dim`` is ``z1``'s size, ``latent_dim2``
 ``z2``'s. The ``x``-level networks have the vanilla widths ``hidden``; the ``z1 <-> z2`` networks
 have ``hidden2`` (default: half of ``hidden``, the paper's 200 -> 100 ratio).
 
@@ -40,6 +41,7 @@ class HierarchicalVAE(VAE):
     modes = frozenset({"reparam", "stop-q", "score"})
     q_determined_by_params = False  # q(z2 | z1) / the top-down pass act after lambda: no DReG
     default_objective = "elbo"
+    learned_priors = frozenset({"mog", "vamp"})  # over z2 (variants.priors)
 
     def __init__(
         self,
@@ -60,9 +62,24 @@ class HierarchicalVAE(VAE):
         self.decoder_z1 = mlp(d2, tuple(reversed(hidden2)), 2 * d1, activation)  # p(z1 | z2)
         self.decoder = Decoder.mirrored(d1, hidden, self.x_dim, likelihood, activation)  # p(x | z1)
 
+    @property
+    def top_latent_dim(self) -> int:
+        return self.latent_dim2
+
     def prior(self) -> Distribution:
-        """The top prior ``p(z2) = N(0, I_{d2})``."""
-        return self.standard_normal(self.latent_dim2)
+        """The top prior ``p(z2) = N(0, I_{d2})``, or the learned one (``variants.priors``)."""
+        return self.top_prior(self.latent_dim2)
+
+    def vamp_components(self, u: Tensor) -> Tensor:
+        """``q(z2 | z1 = E[z1 | u])`` (``[K, 2 d2]``): the VampPrior's component at a pseudo-input
+        ``u``, the inference Gaussian over ``z2`` at the mean of ``q(z1 | u)`` (``q(z2 | u)`` itself
+        is an integral over ``z1``)."""
+        return self.encoder2(self.variational_params(u)[..., : self.latent_dim])
+
+    def log_q_at(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log q(z1 | x) + log q(z2 | z1)`` at given ``z = [z1, z2]`` (``[..., B, d1 + d2]``): ``[..., B]``."""
+        z1, z2 = z.split([self.latent_dim, self.latent_dim2], -1)
+        return diag_gaussian(self.variational_params(x)).log_prob(z1) + diag_gaussian(self.encoder2(z1)).log_prob(z2)
 
     def p_z1(self, z2: Tensor) -> Distribution:
         """``p(z1 | z2)``, batch ``z2.shape[:-1]``, event ``[d1]``."""
@@ -79,7 +96,7 @@ class HierarchicalVAE(VAE):
     def log_prior(self, z: Tensor) -> Tensor:
         """``log p(z2) + log p(z1 | z2)``."""
         z1, z2 = z.split([self.latent_dim, self.latent_dim2], -1)
-        return self.prior().log_prob(z2) + self.p_z1(z2).log_prob(z1)
+        return self.log_top_prior(z2) + self.p_z1(z2).log_prob(z1)
 
     def decode(self, z: Tensor) -> Distribution:
         """``p(x | z) = p(x | z1)``."""
@@ -99,7 +116,7 @@ class HierarchicalVAE(VAE):
         if mode == "stop-q":
             q1 = diag_gaussian(lam.detach())
             q2 = diag_gaussian(detached_call(self.encoder2, z1))
-        log_pz = self.prior().log_prob(z2) + self.p_z1(z2).log_prob(z1)
+        log_pz = self.log_top_prior(z2) + self.p_z1(z2).log_prob(z1)
         return [z1, z2], log_pz, q1.log_prob(z1) + q2.log_prob(z2)
 
     def terms(self, x, k=1, *, params=None, mode="reparam") -> LogWeightTerms:

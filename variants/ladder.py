@@ -115,6 +115,8 @@ class LadderVAE(VAE):
     modes = frozenset({"reparam", "stop-q", "score"})
     q_determined_by_params = False  # q(z2 | z1) / the top-down pass act after lambda: no DReG
     default_objective = "elbo"
+    learned_priors = frozenset({"mog", "vamp"})  # over z_L (variants.priors); vamp without batch norm
+    vamp_batch_norm_option = True
 
     def __init__(
         self,
@@ -155,9 +157,27 @@ class LadderVAE(VAE):
         net = nn.Sequential(*layers(self.latent_dim, rev, activation, self.batch_norm), nn.Linear(rev[-1], self.x_dim))
         self.decoder = Decoder(net, self.x_dim, likelihood)
 
+    @property
+    def top_latent_dim(self) -> int:
+        return self.latent_dims[-1]
+
     def prior(self) -> Distribution:
-        """The top prior ``p(z_L) = N(0, I)``."""
-        return self.standard_normal(self.latent_dims[-1])
+        """The top prior ``p(z_L) = N(0, I)``, or the learned one (``variants.priors``)."""
+        return self.top_prior(self.latent_dims[-1])
+
+    def vamp_components(self, u: Tensor) -> Tensor:
+        """The bottom-up top head ``q(z_L | u) = N(mu_hat_L(u), sigma_hat_L(u)^2)``, ``[K, 2 d_L]``."""
+        return self.split_params(self.variational_params(u))[-1]
+
+    def log_q_at(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log q(z_L | x) + sum_{i<L} log q(z_i | z_{i+1}, x)`` at given ``z = [z_1, ..., z_L]``
+        (``[..., B, sum d_i]``): ``[..., B]``."""
+        zs = z.split(list(self.latent_dims), -1)
+        hats = self.split_params(self.variational_params(flat(x)))
+        out = diag_gaussian(hats[-1]).log_prob(zs[-1])
+        for i in reversed(range(len(self.latent_dims) - 1)):
+            out = out + diag_gaussian(precision_merge(hats[i], self.decoder_td[i](zs[i + 1]))).log_prob(zs[i])
+        return out
 
     def variational_params(self, x: Tensor) -> Tensor:
         h, out = flat(x), []
@@ -176,7 +196,7 @@ class LadderVAE(VAE):
     def log_prior(self, z: Tensor) -> Tensor:
         """``log p(z_L) + sum_{i<L} log p(z_i | z_{i+1})``."""
         zs = z.split(list(self.latent_dims), -1)
-        out = self.prior().log_prob(zs[-1])
+        out = self.log_top_prior(zs[-1])
         for i, td in enumerate(self.decoder_td):
             out = out + diag_gaussian(td(zs[i + 1])).log_prob(zs[i])
         return out
@@ -198,7 +218,7 @@ class LadderVAE(VAE):
         hats = self.split_params(self.variational_params(x) if params is None else params)
         q_params = hats[-1].detach() if mode == "stop-q" else hats[-1]
         z = draw(diag_gaussian(hats[-1]), (k,), mode)
-        zs, log_pz, log_qz = [z], self.prior().log_prob(z), diag_gaussian(q_params).log_prob(z)
+        zs, log_pz, log_qz = [z], self.log_top_prior(z), diag_gaussian(q_params).log_prob(z)
         for i in reversed(range(len(self.latent_dims) - 1)):
             p_out = self.decoder_td[i](z)  # [k, B, 2 d_i]
             q_params = precision_merge(hats[i], p_out)

@@ -4,6 +4,11 @@
     p(z | x) = N(m(x), Lambda^{-1}),  Lambda = I + W^T W / sigma^2,  m(x) = Lambda^{-1} W^T (x - b) / sigma^2.
     q(z | x) = N(A x + c, diag exp(2 s)),  lambda(x) = [A x + c, s]  ([B, 2d]; s is shared over x).
 
+With a learned mixture prior (``prior = "mog"`` or ``"vamp"``, ``variants.priors``: ``p(z) =
+sum_k pi_k N(m_k, S_k)``, ``S_k`` diagonal) the marginal stays exact, a mixture of Gaussians:
+``p(x) = sum_k pi_k N(W m_k + b, W S_k W^T + sigma^2 I_D)``; the posterior is then a mixture too,
+and the posterior methods below (written for ``N(0, I)``) refuse.
+
 Every quantity the benchmark estimates has a closed form here: ``exact_log_marginal(x)`` is
 ``log p(x)`` and ``exact_posterior(x)`` is ``p(z | x)``; the best diagonal Gaussian has the exact
 posterior mean and variances ``1 / diag(Lambda)``. The encoder is linear, as the exact posterior
@@ -16,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Independent, MultivariateNormal, Normal
+from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, MultivariateNormal, Normal
 
 from variants.base import GaussianLatentVAE, flat, normal_log_prob
 from variants.registry import VariantConfigError, register
@@ -76,18 +81,31 @@ class LinearGaussian(GaussianLatentVAE):
         self.encoder = _LinearEncoder(self.x_dim, self.latent_dim)
         self.decoder = _LinearGaussianDecoder(self.latent_dim, self.x_dim)
 
-    def marginal(self) -> MultivariateNormal:
-        """``p(x) = N(b, W W^T + sigma^2 I)``."""
+    def marginal(self) -> Distribution:
+        """``p(x) = N(b, W W^T + sigma^2 I)``; with a learned mixture prior the mixture
+        ``sum_k pi_k N(W m_k + b, W S_k W^T + sigma^2 I)`` (batch ``[]``, event ``[D]``)."""
         W, b = self.decoder.W, self.decoder.b
-        cov = W @ W.T + torch.exp(2 * self.decoder.log_sigma) * torch.eye(self.x_dim, device=W.device)
-        return MultivariateNormal(b, covariance_matrix=cov)
+        noise = torch.exp(2 * self.decoder.log_sigma) * torch.eye(self.x_dim, device=W.device)
+        if self.latent_prior is None:
+            return MultivariateNormal(b, covariance_matrix=W @ W.T + noise)
+        log_pi, m, log_s = self.latent_prior.mixture(self)  # [K], [K, d], [K, d]
+        cov = (W * (2 * log_s).exp()[:, None, :]) @ W.T + noise  # [K, D, D]
+        comps = MultivariateNormal(m @ W.T + b, covariance_matrix=cov)
+        return MixtureSameFamily(Categorical(logits=log_pi), comps)
 
     def exact_log_marginal(self, x: Tensor) -> Tensor:
         """``log p(x)``, ``[B]``."""
         return self.marginal().log_prob(flat(x))
 
+    def _standard_prior_only(self, what: str) -> None:
+        if self.latent_prior is not None:
+            raise NotImplementedError(
+                f"linear-gaussian: {what} is written for p(z) = N(0, I); with prior = "
+                f"{self.latent_prior.kind!r} the posterior is a mixture of Gaussians")
+
     def posterior_precision(self) -> Tensor:
         """``Lambda = I + W^T W / sigma^2``, ``[d, d]`` (the same for every x)."""
+        self._standard_prior_only("the exact posterior")
         W = self.decoder.W
         eye = torch.eye(self.latent_dim, device=W.device)
         return eye + W.T @ W / torch.exp(2 * self.decoder.log_sigma)

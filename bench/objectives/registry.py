@@ -66,9 +66,10 @@ class ObjectiveSpec:
 
     @property
     def trainable(self) -> bool:
-        """Whether the objective trains parameters of its own (a class, instantiated per run:
-        :class:`TrainableObjective`), with an optimizer of its own."""
-        return isinstance(self.factory, type)
+        """Whether the objective trains parameters of its own (a :class:`TrainableObjective`,
+        instantiated per run, with an optimizer of its own); a class without parameters (``rws``,
+        a function with options) is not."""
+        return isinstance(self.factory, type) and issubclass(self.factory, nn.Module)
 
 
 _REGISTRY: dict[str, ObjectiveSpec] = {}
