@@ -76,10 +76,14 @@ def wait_for(predicate, what: str, timeout: float = 180.0, proc=None):
 
 class Cli:
     """``python -m bench run`` on the tiny suite at TINY_EPOCHS, in its own process group (as a
-    terminal's job), stderr into a file."""
+    terminal's job), stderr into a file. Every checkpoint save pauses ``pause`` seconds
+    (``tests/hooks/sitecustomize.py``), so a test that interrupts a run between checkpoints has
+    that window whatever the machine's speed."""
 
-    def __init__(self, tmp_path: Path, uri: str, *extra: str) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"PYTHONPATH": str(ROOT)}
+    def __init__(self, tmp_path: Path, uri: str, *extra: str, pause: float = 0.3) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "hooks"), str(ROOT)]),
+            "VAEBENCH_TEST_CHECKPOINT_PAUSE_S": str(pause)}
         self.log = tmp_path / f"stderr-{time.monotonic_ns()}.txt"
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--suite", str(TINY), "--tracking-uri",
