@@ -45,6 +45,11 @@ class RunConfig:
     about a hundred), Adam ``capturable``. Both refuse objectives with parameters of their own
     (NVIL, REBAR, RELAX: eager only). See ``bench.step.make_step``.
 
+    ``evaluate``: ``"test"`` (default) makes every scheduled and final measurement; ``"validation"``
+    is a search trial's (``bench.run.search``): it trains and logs the per-epoch ``train/*`` and
+    ``val/*`` metrics and nothing else, so no number a trial logs, and no selection made from
+    them, has seen the test split.
+
     ``prior``: ``p(z)`` of the Gaussian latent (two-layer variants: of the top layer).
     ``"standard"`` is ``N(0, I)``, the variant's own code unchanged; ``"mog"`` a learned mixture of
     ``prior_components`` diagonal Gaussians; ``"vamp"`` the VampPrior (Tomczak & Welling 2018) with
@@ -94,6 +99,7 @@ class RunConfig:
     ais_steps: int = 500  # AIS intermediate distributions (sigmoid schedule), for BDMC too
     bdmc_size: int = 0  # points simulated from the model for BDMC (test/bdmc_gap); 0 = off
     gap_log_px: str = "iwae"  # iwae | max-iwae-ais: the gaps' log p(x), per example
+    evaluate: str = "test"  # test | validation: "validation" (a search trial) trains, logs val/* and never reads the test split
     data_dir: str = field(default="", metadata=PLACED)  # where downloaded / user-provided datasets live; "" = ./data
     variant_options: dict = field(default_factory=dict)
     objective_options: dict = field(default_factory=dict)  # objective name -> its keyword options
@@ -252,6 +258,7 @@ def validate(cfg: RunConfig, where: str) -> None:
         "lr_schedule": tuple(LR_SCHEDULES),
         "gap_log_px": ("iwae", "max-iwae-ais"),
         "step_mode": ("eager", "compile", "cuda-graph"),
+        "evaluate": ("test", "validation"),
     }
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:

@@ -17,6 +17,15 @@ A suite is a TOML file (``bench/suites/<name>.toml``, or any path)::
     flow_length = 8
     [objective_options.rebar]      # keyword options of a trainable objective (bench.objectives)
     learn_temperature = false
+    [search]                       # optional: tune each cell on validation (bench.run.search)
+    metric = "val/elbo"            # what selects: a validation metric (a test metric is refused)
+    trials = 24                    # the budget per cell (variant x objective x dataset x grid set)
+    sampler = "grid"               # grid | random | tpe
+    pruner = "none"                # none | successive-halving | hyperband (epochs as the resource)
+    final_seeds = [0, 1, 2]        # the selected setting retrained with these: the cell's result
+    seed = 1000                    # the trials' training seed (not one of final_seeds; the grid has none)
+    [search.space]                 # RunConfig keys, variant options (option.NAME), objective options
+    lr = [1e-4, 3e-4, 1e-3]        # (objective_option.NAME): a list, or { low, high, log } (not grid)
     [published]                    # optional: a paper's numbers, shown beside ours by `bench plots`
     citation = "Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders, ICLR"
     table = "Table 1, MNIST"
@@ -45,7 +54,7 @@ from pathlib import Path
 import variants
 from bench import data as datasets
 from bench import objectives
-from bench.config import FIELDS, GRID_KEYS, SETTABLE, RunConfig, coerce, validate
+from bench.config import FIELDS, GRID_KEYS, PLACEMENT, SETTABLE, RunConfig, coerce, validate
 from bench.errors import ConfigError
 
 SUITES_DIR = Path(__file__).parent / "suites"
@@ -84,6 +93,44 @@ def param_str(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
+SAMPLERS = ("grid", "random", "tpe")
+PRUNERS = ("none", "successive-halving", "hyperband")
+# not searchable: what a run is (the cell's coordinates), where it runs, and the search's own switch
+UNSEARCHABLE = ("seed", "evaluate", "epochs", *PLACEMENT)
+
+
+@dataclass
+class SearchSpec:
+    """A suite's ``[search]`` table (see the module docstring and ``bench.run.search``).
+
+    ``space``: parameter name -> a list of values (categorical; the grid's axis) or a range
+    ``(low, high, log)`` of floats or ints. A name is a RunConfig key, ``option.NAME`` (an option
+    of the cell's variant) or ``objective_option.NAME`` (of the cell's objective)."""
+
+    metric: str
+    trials: int
+    sampler: str
+    pruner: str
+    final_seeds: list[int]
+    space: dict[str, list | tuple]
+    seed: int = 1000  # the trials' training seed and the samplers' (never one of final_seeds)
+    min_epochs: int = 0  # the pruners' smallest resource (0: epochs // reduction_factor**2, at least 1)
+    reduction_factor: int = 3  # successive halving keeps the best 1/reduction_factor at each rung
+
+    def identity(self) -> dict:
+        """What makes a study: every setting but the budget (more trials continue one study) and
+        the final seeds (they do not change the trials)."""
+        return {"metric": self.metric, "sampler": self.sampler, "pruner": self.pruner, "seed": self.seed,
+                "min_epochs": self.min_epochs, "reduction_factor": self.reduction_factor,
+                "space": {k: list(v) for k, v in sorted(self.space.items())}}
+
+    def grid_size(self) -> int:
+        n = 1
+        for v in self.space.values():
+            n *= len(v)
+        return n
+
+
 @dataclass
 class Suite:
     name: str
@@ -91,6 +138,7 @@ class Suite:
     description: str
     runs: list[RunConfig]
     published: Published | None = None
+    search: SearchSpec | None = None
 
 
 def suite_path(name_or_path: str) -> Path:
@@ -154,6 +202,94 @@ def parse_published(table, where: str) -> Published:
                      protocol=table["protocol"].strip(), note=str(table.get("note", "")).strip(), rows=out)
 
 
+def parse_search(table, where: str) -> SearchSpec:
+    """Validate a suite's ``[search]`` table (see :class:`SearchSpec`)."""
+    from bench import vocabulary
+
+    where = f"{where} [search]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    _check_keys(table, ("metric", "trials", "sampler", "pruner", "final_seeds", "space", "seed", "min_epochs",
+                        "reduction_factor"), where)
+    metric = table.get("metric")
+    if not isinstance(metric, str) or vocabulary.lookup(metric) is None:
+        valid = [n for n in vocabulary.METRICS if n.startswith("val/")]
+        raise ConfigError(f"{where}: metric must name a validation metric ({', '.join(valid)}), got {metric!r}")
+    if not metric.startswith("val/"):
+        raise ConfigError(f"{where}: metric = {metric!r} is not a validation metric: a setting selected on the "
+                          "test split makes the test numbers of the selected runs optimistic. Select on validation "
+                          "(e.g. \"val/elbo\"); the test metrics are measured on the final runs")
+    sampler, pruner = table.get("sampler", "tpe"), table.get("pruner", "none")
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"{where}: sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if pruner not in PRUNERS:
+        raise ConfigError(f"{where}: pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
+    space_table = table.get("space")
+    if not isinstance(space_table, dict) or not space_table:
+        raise ConfigError(f"{where}: a [search.space] table with at least one parameter is needed")
+    space: dict[str, list | tuple] = {}
+    for name, values in space_table.items():
+        pwhere = f"{where} space.{name}"
+        option = name.startswith(("option.", "objective_option."))
+        if not option:
+            _check_keys({name: 0}, [k for k in SETTABLE if k not in UNSEARCHABLE],
+                        f"{where} space (or option.NAME, objective_option.NAME)")
+        if isinstance(values, list):
+            if not values:
+                raise ConfigError(f"{pwhere}: an empty list")
+            values = values if option else [coerce(name, v, source=pwhere) for v in values]
+            if len(set(map(repr, values))) != len(values):
+                raise ConfigError(f"{pwhere}: a value is listed twice: {values}")
+            space[name] = values
+        elif isinstance(values, dict):
+            _check_keys(values, ("low", "high", "log"), pwhere)
+            low, high, log = values.get("low"), values.get("high"), values.get("log", False)
+            kinds = {type(low), type(high)}
+            if not (kinds <= {int, float}) or not low < high or not isinstance(log, bool) or (log and low <= 0):
+                raise ConfigError(f"{pwhere}: a range is {{ low = L, high = H, log = false }} with numbers L < H "
+                                  f"(L > 0 with log = true), got {values}")
+            if sampler == "grid":
+                raise ConfigError(f"{pwhere}: sampler = 'grid' needs a list of values, not a range")
+            if not option:
+                low, high = coerce(name, low, source=pwhere), coerce(name, high, source=pwhere)
+            space[name] = (low, high, log)
+        else:
+            raise ConfigError(f"{pwhere}: a list of values or a range {{ low, high, log }}, got {values!r}")
+
+    def integer(key, default, least):
+        v = table.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise ConfigError(f"{where}: {key} must be an integer >= {least}, got {v!r}")
+        return v
+
+    grid = 1
+    for v in space.values():
+        grid *= len(v) if isinstance(v, list) else 0
+    if "trials" in table:
+        trials = integer("trials", None, 1)
+    elif sampler == "grid":
+        trials = grid  # every point of the grid
+    else:
+        raise ConfigError(f"{where}: trials (the budget per cell) is needed with sampler = {sampler!r}")
+    if sampler == "grid" and trials > grid:
+        raise ConfigError(f"{where}: trials = {trials} but the grid has {grid} points: a grid trial would repeat one")
+    seeds = _ints(table, "final_seeds", [0], where)
+    if not seeds:
+        raise ConfigError(f"{where}: final_seeds must list at least one seed")
+    seed = integer("seed", 1000, 0)
+    _check_seeds(seed, seeds, where)
+    return SearchSpec(metric=metric, trials=trials, sampler=sampler, pruner=pruner, final_seeds=seeds, space=space,
+                      seed=seed, min_epochs=integer("min_epochs", 0, 0),
+                      reduction_factor=integer("reduction_factor", 3, 2))
+
+
+def _check_seeds(seed: int, final_seeds: list[int], where: str) -> None:
+    if seed in final_seeds:
+        raise ConfigError(f"{where}: the trials' seed {seed} is also a final seed: the selected setting's run with that "
+                          "seed would repeat the trial it was selected on (same data order, same initialization), "
+                          "and its test score would share the selection's luck. Choose a trial seed outside final_seeds")
+
+
 def load_published(name_or_path: str) -> Published | None:
     """The ``[published]`` table of a suite file, or None (no such suite file, or no table)."""
     if not suite_path(name_or_path).is_file():
@@ -167,8 +303,10 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) ->
     overrides = dict(overrides or {})
     path, doc = _read_suite_file(name_or_path)
     where = str(path)
-    _check_keys(doc, ("description", "defaults", "grid", "variant_options", "objective_options", "published"), where)
+    _check_keys(doc, ("description", "defaults", "grid", "variant_options", "objective_options", "published", "search"),
+                where)
     published = parse_published(doc["published"], where) if "published" in doc else None
+    search = parse_search(doc["search"], where) if "search" in doc else None
     base: dict[str, object] = {}
     for key, value in doc.get("defaults", {}).items():
         _check_keys({key: 0}, SETTABLE, f"{where} [defaults]")
@@ -192,6 +330,9 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) ->
 
     filters = {k: overrides.pop(k) for k in ("variants", "objectives", "datasets") if k in overrides}
     seeds_override = overrides.pop("seeds", None)
+    if search is not None and seeds_override is not None:  # a searched suite's seeds are its final runs'
+        search.final_seeds, seeds_override = list(seeds_override), None
+        _check_seeds(search.seed, search.final_seeds, "--set seeds")
     runs: list[RunConfig] = []
     for i, g in enumerate(grids):
         gwhere = f"{where} [[grid]] #{i + 1}"
@@ -207,7 +348,12 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) ->
         for d in dsets:
             if d not in datasets.available():
                 raise ConfigError(f"{gwhere}: unknown dataset {d!r}; valid: {', '.join(datasets.available())}")
+        if search is not None and "seeds" in g:
+            raise ConfigError(f"{gwhere}: with a [search] table the grid has no seeds: the trials train with "
+                              "[search] seed and the selected setting with final_seeds")
         seeds = seeds_override if seeds_override is not None else _ints(g, "seeds", [0], gwhere)
+        if search is not None:
+            seeds = [search.seed]  # a cell: the trials' seed
         local = dict(base)
         for key, value in g.get("set", {}).items():
             _check_keys({key: 0}, SETTABLE, f"{gwhere} set")
@@ -238,7 +384,7 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) ->
     for r in runs:
         validate(r, where)
     return Suite(name=path.stem, path=path, description=str(doc.get("description", "")), runs=runs,
-                 published=published)
+                 published=published, search=search)
 
 
 def _names(table: dict, key: str, default: list[str], where: str) -> list[str]:

@@ -208,6 +208,41 @@ def evaluate_ais(
     return out, gap_px
 
 
+def evaluate_test(model, cfg: RunConfig, data: Dataset, test: Tensor, grad_x: Tensor, objective,
+                  skip: dict[str, str], device: torch.device) -> dict[str, float]:
+    """The final measurements on the ``test`` split (the model in eval mode): the ELBO and its
+    terms, ``log p(x)`` (timed: ``perf/eval_examples_per_s``), the oracle's exact value, the
+    codebook perplexity, active units, AIS and BDMC, and the final gaps and gradient statistics."""
+    final: dict[str, float] = {}
+    t = evaluate_elbo(model, test, cfg.val_k, cfg.eval_chunk)
+    final.update({"test/elbo": t["elbo"], "test/recon": t["recon"], "test/kl": t["kl"]})
+    sync(device)
+    t0 = time.perf_counter()
+    eval_k = 1 if "log_px" in skip else cfg.eval_k  # the throughput is still measured (one sample)
+    log_px = metrics.log_likelihood(model, test, k=eval_k, chunk=cfg.eval_chunk)
+    sync(device)
+    eval_s = time.perf_counter() - t0
+    if "log_px" not in skip:
+        final["test/log_px"] = log_px.mean().item()
+    if hasattr(model, "exact_log_marginal"):  # the oracle: the estimate's error is visible
+        with torch.no_grad():
+            final["test/exact_log_px"] = model.exact_log_marginal(test).mean().item()
+    if hasattr(model, "codebook_perplexity"):  # VQ-VAE: the effective number of codes used
+        final["test/codebook_perplexity"] = model.codebook_perplexity(test)
+    if "active_units" not in skip:
+        if metrics.layers_unsupported(model) is None:  # several stochastic layers: each one's count too
+            per_layer = metrics.active_units(model, test, per_layer=True)
+            final.update({f"test/active_units_l{i}": float(c) for i, c in enumerate(per_layer, 1)})
+            final["test/active_units"] = float(sum(per_layer))
+        else:
+            final["test/active_units"] = float(metrics.active_units(model, test))
+    ais_final, gap_ais = evaluate_ais(model, cfg, data, test, skip)
+    final.update(ais_final)
+    final.update(measure(model, cfg, data, grad_x, cfg.epochs, final=True, objective=objective, ais_px=gap_ais))
+    final["perf/eval_examples_per_s"] = len(test) / eval_s
+    return final
+
+
 def run(cfg: RunConfig, data: Dataset, log: LogFn, on_epoch: EpochFn | None = None,
         checkpoint_fn: CheckpointFn | None = None, resume: dict | None = None) -> RunResult:
     """Train and evaluate one run. ``resume``: a checkpoint of this run (``bench.checkpoint``);
@@ -273,7 +308,7 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, on_epoch: EpochFn | None = No
         row = {"train/loss": -train_bound, "val/elbo": val["elbo"], "train/examples_per_s": n / dt}
         if cfg.kl_warmup_epochs:
             row["train/kl_weight"] = kl_weight(step - 1, cfg.kl_warmup_epochs, math.ceil(n / bs)) or 1.0
-        if epoch < cfg.epochs:
+        if epoch < cfg.epochs and cfg.evaluate == "test":
             row.update(measure(model, cfg, data, grad_x, epoch, final=False, objective=objective))
         log(row, epoch)
         if on_epoch is not None:
@@ -284,42 +319,11 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, on_epoch: EpochFn | None = No
                                       objective, own_optimizer)  # called (or not) by checkpoint_fn, now
             checkpoint_fn(epoch, state)
 
-    # -- final evaluation (not part of the training time) ----------------------------------------
+    # -- final evaluation (not part of the training time; a search trial's has no test split) ------
     model.eval()
-    final: dict[str, float] = {}
-    t = evaluate_elbo(model, test, cfg.val_k, cfg.eval_chunk)
-    final.update({"test/elbo": t["elbo"], "test/recon": t["recon"], "test/kl": t["kl"]})
-    sync(device)
-    t0 = time.perf_counter()
-    eval_k = 1 if "log_px" in skip else cfg.eval_k  # the throughput is still measured (one sample)
-    log_px = metrics.log_likelihood(model, test, k=eval_k, chunk=cfg.eval_chunk)
-    sync(device)
-    eval_s = time.perf_counter() - t0
-    if "log_px" not in skip:
-        final["test/log_px"] = log_px.mean().item()
-    if hasattr(model, "exact_log_marginal"):  # the oracle: the estimate's error is visible
-        with torch.no_grad():
-            final["test/exact_log_px"] = model.exact_log_marginal(test).mean().item()
-    if hasattr(model, "codebook_perplexity"):  # VQ-VAE: the effective number of codes used
-        final["test/codebook_perplexity"] = model.codebook_perplexity(test)
-    if "active_units" not in skip:
-        if metrics.layers_unsupported(model) is None:  # several stochastic layers: each one's count too
-            per_layer = metrics.active_units(model, test, per_layer=True)
-            final.update({f"test/active_units_l{i}": float(c) for i, c in enumerate(per_layer, 1)})
-            final["test/active_units"] = float(sum(per_layer))
-        else:
-            final["test/active_units"] = float(metrics.active_units(model, test))
-    ais_final, gap_ais = evaluate_ais(model, cfg, data, test, skip)
-    final.update(ais_final)
-    final.update(measure(model, cfg, data, grad_x, cfg.epochs, final=True, objective=objective, ais_px=gap_ais))
-    final.update(
-        {
-            "perf/train_examples_per_s": timed_n / timed_s,
-            "perf/eval_examples_per_s": len(test) / eval_s,
-            "perf/train_seconds": train_s,
-            "perf/peak_mem_mb": metrics.peak_memory_mb(device),
-        }
-    )
+    final = {} if cfg.evaluate == "validation" else evaluate_test(model, cfg, data, test, grad_x, objective, skip, device)
+    final.update({"perf/train_examples_per_s": timed_n / timed_s, "perf/train_seconds": train_s,
+                  "perf/peak_mem_mb": metrics.peak_memory_mb(device)})
     bad = sorted(k for k, v in final.items() if not math.isfinite(v) and not k.startswith("grad/"))
     log(final, cfg.epochs)
     if bad:

@@ -14,7 +14,10 @@ Pairing. A run of A and a run of B are the same result when their *grid coordina
 config params that vary among the runs of one invocation (variant, objective, dataset, seed, k,
 ...). With the same settings, paired runs have the same run key (``vaebench.run_key``); a setting
 changed for the whole suite (``--set epochs=6``) changes every key but no coordinate, and is listed
-as a setting that differs. Runs without a partner are listed.
+as a setting that differs. Runs without a partner are listed. A searched suite (``bench.run.search``)
+pairs its final runs by cell and seed (the tag ``vaebench.search.cell``): a setting selected
+differently in A and B is listed as a setting that differs; its rounds of trials are not
+invocations to compare.
 
 The difference is always B − A, in the metric's units (``bench.vocabulary``). Where a config
 (the coordinates but the seed) has several seeds, the difference of the means is tested against
@@ -92,10 +95,12 @@ def _experiment(client, suite: str):
 
 
 def invocations(client, experiment_id: str) -> list[Invocation]:
-    """The suite's invocations (parent runs), oldest first."""
+    """The suite's invocations (parent runs), oldest first; of a searched suite, the rounds of its
+    final runs (a round of trials holds validation numbers only)."""
     out = [Invocation(r.info.run_id, r.info.run_name, r.info.start_time, r.info.status,
                       r.data.tags.get("git_commit", ""), dict(r.data.params), dict(r.data.tags))
-           for r in tracking.search_all(client, [experiment_id], tracking.role_filter("parent"))]
+           for r in tracking.search_all(client, [experiment_id], tracking.role_filter("parent"))
+           if r.data.tags.get(tracking.TAG_SEARCH_STAGE) != "trials"]
     return sorted(out, key=lambda i: i.start_time)
 
 
@@ -114,6 +119,8 @@ def _read_runs(client, inv: Invocation) -> None:
     for r in runs:
         run = client.get_run(r["run_id"]) if r.get("run_id") else None
         r["params"] = dict(run.data.params) if run else {}
+        if run and tracking.TAG_SEARCH_CELL in run.data.tags:  # a tuned cell: paired by its cell
+            r["params"]["cell"] = run.data.tags[tracking.TAG_SEARCH_CELL]
         r["metrics"] = dict(run.data.metrics) if run else {}
         r["status"] = run.info.status if run else "none"
     inv.runs = runs
@@ -183,6 +190,8 @@ def coordinates(a: list[dict], b: list[dict]) -> list[str]:
     """The grid's axes: variant, objective, dataset, seed, and every other config param that
     varies among the runs of A or of B without being fixed by those four (``k`` in a suite that
     runs k = 1, 5, 50; not ``binarization`` where a dataset's grid sets it)."""
+    if all("cell" in r["params"] for r in (*a, *b)):  # tuned cells: the selected settings may differ
+        return ["cell", "seed"]
     fields = set(_config_keys())
     out = list(PRIMARY)
     for runs in (a, b):

@@ -43,12 +43,14 @@ def run_figure(history: History, path: Path) -> None:
     plt.close(fig)
 
 
-def run_images(model, ds, tmp: Path) -> list[str]:
+def run_images(model, ds, tmp: Path, split: str = "test") -> list[str]:
     """A run's samples and reconstructions drawn into ``tmp`` (their file names): for images PNG
-    grids (``samples.png``: 64 sample means; ``reconstructions.png``: 32 test images beside their
-    reconstructions), for vectors scatter plots (:func:`_vector_figures`)."""
+    grids (``samples.png``: 64 sample means; ``reconstructions.png``: 32 images of ``split``
+    beside their reconstructions), for vectors scatter plots (:func:`_vector_figures`). A search
+    trial draws from ``split = "val"``: it never reads the test split."""
     import torch
 
+    data = ds.val if split == "val" else ds.test
     with torch.no_grad():
         if len(ds.x_shape) == 3:  # images
             model.eval()
@@ -61,12 +63,12 @@ def run_images(model, ds, tmp: Path) -> list[str]:
                 return name
 
             names = [grid(model.sample(64, mean=True), "samples.png")]
-            x = ds.test[:32]
+            x = data[:32]
             recon = model.reconstruct(x).reshape(len(x), *ds.x_shape)
             names.append(grid(torch.stack([x.reshape(len(x), *ds.x_shape), recon], 1).flatten(0, 1), "reconstructions.png"))
             return names
         # vectors: scatter plots of model samples against test data, reconstructions against data
-        return _vector_figures(model, ds.test[:500], tmp)
+        return _vector_figures(model, data[:500], tmp)
 
 
 def save_grid(images, path: Path, nrow: int = 8, padding: int = 2, pad_value: float = 0.5) -> None:

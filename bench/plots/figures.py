@@ -47,6 +47,7 @@ class Context:
     notes: list[str]  # append a line when a figure cannot be drawn, or leaves something out
     published: object | None = None  # bench.suite.Published
     pub: pd.DataFrame | None = None  # bench.plots.published.published_frame
+    trials: pd.DataFrame | None = None  # a searched suite's trials (bench.plots.store.load_trials)
     _client: object = field(default=None, repr=False)
 
     @property

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.plots import store
+from bench.plots import tuning as tuning_report  # registers the tuning figure
 from bench.plots.figures import FIGURES, Context
 from bench.plots.store import KEY
 from bench.plots.style import save
@@ -70,7 +71,7 @@ def _description(suite: str) -> str:
         return ""
 
 
-def _report(suite, df, summary, figures, notes, tracking_uri, published_md=()) -> str:
+def _report(suite, df, summary, figures, notes, tracking_uri, published_md=(), tuning_md=()) -> str:
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [f"# vaebench results: suite `{suite}`", ""]
     desc = _description(suite)
@@ -90,7 +91,7 @@ def _report(suite, df, summary, figures, notes, tracking_uri, published_md=()) -
             "seed shows its value alone), `seeds` the runs behind it. ↑ higher is better, ↓ lower is better. "
             "`—`: not in the store; `n/a`: not applicable to the variant (reason under the table). The same "
             "numbers are in `summary.csv` (means, sds and counts) and every run in `runs.csv`.", "",
-            *markdown_tables(df, summary), *published_md]
+            *markdown_tables(df, summary), *published_md, *tuning_md]
     out += ["## Figures", ""]
     for f in figures:
         spec = FIGURES[f.name]
@@ -124,10 +125,13 @@ def draw(suite: str, out: Path, tracking_uri: str, published=None) -> list[Path]
     written: list[Path] = []
     summary = pd.DataFrame()
     published_md: list[str] = []
+    tuning_md: list[str] = []
+    trials = store.load_trials(suite, tracking_uri)
     if not df.empty:
         notes += store.missing_notes(df, store.expected_metrics())
         summary = summary_table(df)
-        ctx = Context(suite, df, tracking_uri, notes, published)
+        ctx = Context(suite, df, tracking_uri, notes, published, trials=trials)
+        tuning_md = tuning_report.tuning_section(df, trials, tuning_report.search_spec(suite, tracking_uri))
         if published is not None:
             ctx.pub = pubs.published_frame(df, published, notes)
             summary = pubs.with_published_columns(summary, ctx.pub)
@@ -148,6 +152,7 @@ def draw(suite: str, out: Path, tracking_uri: str, published=None) -> list[Path]
     for n in notes:
         print(f"vaebench plots [{suite}]: {n}", file=sys.stderr)
     readme = dest / "README.md"
-    readme.write_text(_report(suite, df, summary, figures, notes, tracking_uri, published_md), encoding="utf-8")
+    readme.write_text(_report(suite, df, summary, figures, notes, tracking_uri, published_md, tuning_md),
+                      encoding="utf-8")
     written.append(readme)
     return written

@@ -46,24 +46,14 @@ def store_name(uri: str) -> str:
     return f"{scheme.split('+')[0]} database {db}".strip() if db else f"{scheme} store"
 
 
-def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
-    """The child runs of ``suite`` as a DataFrame, and notes about what is missing.
-
-    Columns: ``run_id``, ``run_name``, ``status``, ``start_time``, ``artifact_uri``, ``metrics.<m>``
-    (last logged value), ``params.<p>`` (strings), ``tags.<t>``, plus ``variant``, ``objective``,
-    ``dataset``, ``seed`` taken from the params. Children are runs tagged ``vaebench.role=child``
-    or nested under a parent (``mlflow.parentRunId``). When a (variant, objective, dataset, seed)
-    was run more than once (several invocations), the latest FINISHED run is kept (the latest run
-    if none finished) and the others are counted in the notes. Runs that differ only in ``k``
-    are distinct results: their objective reads ``iwae (k=5)``.
-    """
+def _child_rows(suite: str, tracking_uri: str) -> list[dict] | None:
+    """Every child run of ``suite`` as a flat dict (None: no such experiment)."""
     from bench.store import tracking
 
-    notes: list[str] = []
     c = client(tracking_uri)
     exp = c.get_experiment_by_name(suite)
     if exp is None:
-        return pd.DataFrame(), [f"no experiment named {suite!r} in {store_name(tracking_uri)}: nothing has run yet"]
+        return None
     rows = []
     for r in tracking.search_all(c, [exp.experiment_id]):
         tags = r.data.tags
@@ -75,6 +65,49 @@ def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
         row.update({f"params.{k}": v for k, v in r.data.params.items()})
         row.update({f"tags.{k}": v for k, v in tags.items()})
         rows.append(row)
+    return rows
+
+
+def _is_trial(row: dict) -> bool:
+    """A search trial (``bench.run.search``): it has a cell and is not a final run."""
+    from bench.store.tracking import TAG_SEARCH_CELL, TAG_SEARCH_SELECTED
+
+    return f"tags.{TAG_SEARCH_CELL}" in row and row.get(f"tags.{TAG_SEARCH_SELECTED}") != "true"
+
+
+def load_trials(suite: str, tracking_uri: str) -> pd.DataFrame:
+    """The search trials of ``suite`` (validation only; not in :func:`load_runs`): one row per
+    trial run with ``cell`` and ``trial`` (its number) columns; where a trial was run more than
+    once (an invocation at other code), the latest run. Empty without a search."""
+    from bench.store.tracking import TAG_SEARCH_CELL, TAG_SEARCH_TRIAL
+
+    rows = [r for r in _child_rows(suite, tracking_uri) or [] if _is_trial(r)]
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    df["cell"] = df[f"tags.{TAG_SEARCH_CELL}"]
+    df["trial"] = pd.to_numeric(df[f"tags.{TAG_SEARCH_TRIAL}"], errors="coerce")
+    df = df.sort_values("start_time").drop_duplicates(["cell", "trial"], keep="last")
+    return df.sort_values(["cell", "trial"]).reset_index(drop=True)
+
+
+def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
+    """The child runs of ``suite`` as a DataFrame, and notes about what is missing. A searched
+    suite's trials are not among them (:func:`load_trials`): its results are the final runs.
+
+    Columns: ``run_id``, ``run_name``, ``status``, ``start_time``, ``artifact_uri``, ``metrics.<m>``
+    (last logged value), ``params.<p>`` (strings), ``tags.<t>``, plus ``variant``, ``objective``,
+    ``dataset``, ``seed`` taken from the params. Children are runs tagged ``vaebench.role=child``
+    or nested under a parent (``mlflow.parentRunId``). When a (variant, objective, dataset, seed)
+    was run more than once (several invocations), the latest FINISHED run is kept (the latest run
+    if none finished) and the others are counted in the notes. Runs that differ only in ``k``
+    are distinct results: their objective reads ``iwae (k=5)``.
+    """
+    notes: list[str] = []
+    rows = _child_rows(suite, tracking_uri)
+    if rows is None:
+        return pd.DataFrame(), [f"no experiment named {suite!r} in {store_name(tracking_uri)}: nothing has run yet"]
+    rows = [r for r in rows if not _is_trial(r)]
     if not rows:
         return pd.DataFrame(), [f"experiment {suite!r} has no child runs yet"]
     df = pd.DataFrame(rows)

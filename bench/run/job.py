@@ -27,17 +27,23 @@ class Job:
     kind: str = "train"  # train | remeasure (bench.run.remeasure: final measurements of a FINISHED run)
     measurements: tuple[str, ...] = ()  # remeasure: which (bench.run.remeasure_job.MEASUREMENTS)
     commit: str = ""  # remeasure: the driver's git describe, the run's vaebench.remeasured.commit
+    stop_after: int = 0  # train: stop after this epoch with a checkpoint (a search rung; 0 = train to the end)
 
 
 @dataclass
 class Outcome:
     run_id: str
-    status: str  # FINISHED | FAILED | KILLED | SUPERSEDED
+    status: str  # FINISHED | PAUSED (at the job's stop_after) | FAILED | KILLED | SUPERSEDED
     final: dict[str, float] = field(default_factory=dict)
     error: str = ""  # one line, also the run's "error" tag
     traceback: str = ""  # for crashes (bugs, exhausted devices): what helps
     resumed_from: int | None = None  # the checkpoint's epoch, when the run continued one
     marked: bool = True  # the run's status is already set (False: the driver must set it)
+
+
+class Paused(Exception):
+    """Raised by the worker's checkpoint hook after the checkpoint of the job's ``stop_after``
+    epoch: the run stops there, resumable (a successive-halving rung, ``bench.run.search``)."""
 
 
 STOP = threading.Event()

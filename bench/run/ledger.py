@@ -29,10 +29,11 @@ class Ledger:
     """One invocation's records in the store (see the module docstring): the parent run, each
     planned run's child run, and the account of their outcomes."""
 
-    def __init__(self, opts: Options, suite, planned: list[Planned], executor) -> None:
+    def __init__(self, opts: Options, suite, planned: list[Planned], executor, parent_tags: dict | None = None) -> None:
         import torch
 
         self.opts, self.suite, self.planned, self.ex = opts, suite, planned, executor
+        self.parent_tags = dict(parent_tags or {})
         self.uri = tracking.resolve_tracking_uri(opts.tracking_uri)
         self.commit = tracking.git_commit()
         self.common_tags = {"git_commit": self.commit, "mlflow.source.git.commit": self.commit,
@@ -54,7 +55,7 @@ class Ledger:
 
             mine: dict[str, list] = {}
             for c in children:
-                if c.data.tags.get("git_commit") == self.commit and tracking.TAG_RUN_KEY in c.data.tags:
+                if tracking.TAG_RUN_KEY in c.data.tags and tracking.same_code(c.data.tags.get("git_commit", ""), self.commit):
                     mine.setdefault(c.data.tags[tracking.TAG_RUN_KEY], []).append(c)
             for p in self.planned:
                 runs = sorted(mine.get(p.key, []), key=lambda r: r.info.start_time, reverse=True)
@@ -67,6 +68,8 @@ class Ledger:
                     p.outcome = "reused"
                 elif live:
                     p.decision, p.run_id = "watch", live[0].info.run_id
+                elif p.stop_after and epoch_of_checkpoint(runs[0].data.tags) >= p.stop_after:
+                    p.decision, p.run_id, p.outcome = "paused", runs[0].info.run_id, "paused"  # already there
                 else:
                     p.decision, p.run_id = "resume", runs[0].info.run_id
                     p.start_epoch = epoch_of_checkpoint(runs[0].data.tags)
@@ -74,7 +77,7 @@ class Ledger:
             device_name = tracking.device_name(resolve_device(first)) if self.ex.name == "local" else f"{self.ex.name} workers"
             self.common_tags["device_name"] = device_name
             self.parent = t.start_parent(
-                self.common_tags | {tracking.TAG_EXECUTOR: self.ex.name},
+                self.common_tags | {tracking.TAG_EXECUTOR: self.ex.name} | self.parent_tags,
                 {"suite": self.suite.name, "suite_file": str(self.suite.path), "n_runs": str(len(self.planned)),
                  "overrides": " ".join(self.opts.set or []) or "-", "executor": self.ex.name,
                  "jobs": str(self.ex.capacity or "auto"), "fresh": str(self.opts.fresh)},
@@ -122,7 +125,7 @@ class Ledger:
 
     def child_tags(self, p: Planned) -> dict[str, str]:
         return {tracking.TAG_RUN_KEY: p.key, tracking.TAG_ATTEMPT: uuid.uuid4().hex, tracking.TAG_EXECUTOR: self.ex.name,
-                tracking.TAG_EPOCHS: str(p.cfg.epochs), "mlflow.parentRunId": self.parent, **tracking.lease_tags()}
+                tracking.TAG_EPOCHS: str(p.cfg.epochs), "mlflow.parentRunId": self.parent, **tracking.lease_tags(), **p.tags}
 
     def create(self, p: Planned) -> None:
         import variants

@@ -6,8 +6,11 @@ suite's runs validated (:func:`plan`), and each run's identity (:func:`run_key`)
    fails here, exit code 2, before the store is touched. (The executor then places the runs:
    device, threads, how many at once, ``bench.run.executors.make_executor``.)
 2. **Identity** (:func:`run_key`): each run's key is a hash of its resolved configuration, the
-   child run's tag ``vaebench.run_key``. A FINISHED run of the same key *and the same code*
-   (the ``git_commit`` tag, ``git describe --dirty``) is reused, not recomputed; ``--fresh``
+   child run's tag ``vaebench.run_key``. A FINISHED run of the same key *and the same code* is
+   reused, not recomputed, and an interrupted one resumed: the same commit (the ``git_commit``
+   tag, ``git describe --dirty``), or a commit whose package code (``bench/`` but its suite files,
+   ``variants/``) does not differ from this checkout's (``bench.store.tracking.same_code``), so a
+   commit of documentation, tests or results does not restart a suite of hours. ``--fresh``
    recomputes everything (earlier runs stay in the store).
 """
 
@@ -70,6 +73,8 @@ class Options:
     fresh: bool = _flag(False, "recompute every run, even those already FINISHED")
     checkpoint_every: float = _flag(0.0, "at most one checkpoint per SECONDS (default %(default)g: after every epoch)",
                                     metavar="SECONDS")
+    search_storage: str | None = _flag(None, "where a [search] suite's Optuna studies live (an SQLAlchemy URL; default: "
+                                       "beside the MLflow store, see bench.run.search)")
     slurm_partition: str = _flag("", "partition to submit to", group=SLURM)
     slurm_time: int = _flag(60, "time limit per job; a job that reaches it is requeued and resumes (default %(default)s)",
                             metavar="MINUTES", group=SLURM)
@@ -99,32 +104,43 @@ class Planned:
     cpus: int = 1  # resources a Ray task or a Slurm job asks for
     gpus: float = 0.0
     key: str = ""
-    decision: str = "new"  # new | resume | reuse | watch
+    decision: str = "new"  # new | resume | reuse | watch | paused (checkpointed at or after its stop_after: nothing to do)
     run_id: str | None = None
     start_epoch: int = 0  # a resumed run's last checkpointed epoch
+    stop_after: int = 0  # stop (paused, resumable) after this epoch: a search rung (bench.run.search); 0 = the end
+    tags: dict[str, str] = field(default_factory=dict)  # the child run's own tags (a search's vaebench.search.*)
+    title: str = ""  # the run's name where its configuration's (variant/objective/dataset/seed) is not enough
     outcome: str = "pending"
     final: dict[str, float] = field(default_factory=dict)
     error: str = ""
 
     @property
     def name(self) -> str:
-        return self.cfg.run_name
+        return self.title or self.cfg.run_name
 
 
 def plan(opts: Options):
     """The suite and its runs, validated, with the data each needs loaded once (on the CPU: the
     workers load their own copy where they run), keyed as a worker keeps them
     (``bench.run.worker.data_key``: the driver's own runs reuse them, ``worker.preload``)."""
-    from bench import config, data, train
-    from bench.run import worker
+    from bench import config
     from bench.suite import load_suite
 
     suite = load_suite(opts.suite, config.parse_overrides(opts.set or []))
     if not suite.runs:
         raise BenchError(f"suite {suite.name!r} has no runs after the overrides")
-    loaded: dict[tuple, data.Dataset] = {}
+    loaded: dict = {}
+    return suite, plan_runs(suite.runs, opts, loaded), loaded
+
+
+def plan_runs(runs: list[RunConfig], opts: Options, loaded: dict) -> list[Planned]:
+    """``runs`` as planned runs: each one's dataset loaded (once, into ``loaded``) and its model
+    built on real shapes, which checks the variant options and the likelihood."""
+    from bench import data, train
+    from bench.run import worker
+
     planned = []
-    for i, r in enumerate(suite.runs):
+    for i, r in enumerate(runs):
         if opts.data_dir:
             r.data_dir = opts.data_dir
         key = worker.data_key(r, "cpu")
@@ -136,7 +152,7 @@ def plan(opts: Options):
         params = r.params() | {"likelihood": ds.likelihood, "train_examples": str(len(ds.train[: r.train_size or None])),
                                "test_examples": str(len(ds.test[: r.test_size or None])), "data_source": ds.source}
         planned.append(Planned(i, r, params))
-    return suite, planned, loaded
+    return planned
 
 
 def identify(planned: list[Planned]) -> None:

@@ -28,7 +28,9 @@ def _clock(seconds: float) -> str:
 def run_line(epoch: int, epochs: int, row: dict[str, float] | None) -> str:
     """A run's progress line: the epoch, its training bound, validation ELBO and throughput; the
     epoch alone without its values; after the final evaluation (``epoch < 0``) the test ELBO, the
-    test log-likelihood and the evaluation's throughput."""
+    test log-likelihood and the evaluation's throughput (a search trial's: none, it has no test)."""
+    if epoch < 0 and row and "test/elbo" not in row:
+        return "trained (a search trial: validation only)"
     if epoch < 0 and row:
         log_px = f"test/log_px {row['test/log_px']:.3f}" if "test/log_px" in row else "test/log_px skipped"
         return f"test/elbo {row['test/elbo']:.3f}  {log_px}  ({row['perf/eval_examples_per_s']:,.0f} eval ex/s)"

@@ -35,9 +35,9 @@ class Invocation:
     """One ``python -m bench run``: its runs claimed in the store (:class:`~bench.run.ledger.Ledger`),
     executed, shown and summarized."""
 
-    def __init__(self, opts: Options, suite, planned: list[Planned], executor) -> None:
+    def __init__(self, opts: Options, suite, planned: list[Planned], executor, parent_tags: dict | None = None) -> None:
         self.opts, self.suite, self.planned, self.ex = opts, suite, planned, executor
-        self.ledger = Ledger(opts, suite, planned, executor)
+        self.ledger = Ledger(opts, suite, planned, executor, parent_tags)
         self.progress: SuiteProgress | None = None
 
     def claim(self) -> None:
@@ -47,10 +47,10 @@ class Invocation:
         self.t0 = time.perf_counter()
         todo = [p for p in self.planned if p.decision in ("new", "resume")]
         self.watch = {p.run_id: p for p in self.planned if p.decision == "watch"}
-        reused = [p for p in self.planned if p.decision == "reuse"]
+        reused = [p for p in self.planned if p.decision in ("reuse", "paused")]
         self.progress = pr = SuiteProgress(self.suite.name, len(self.planned) - len(reused), len(reused))
         for p in todo + list(self.watch.values()):
-            pr.plan_epochs(p.cfg.epochs - p.start_epoch)
+            pr.plan_epochs((p.stop_after or p.cfg.epochs) - p.start_epoch)
         pr.print(f"suite {self.suite.name!r}: {len(self.planned)} runs -> {self.ledger.uri} (experiment {self.suite.name!r}), "
                  f"{len(reused)} reused, {sum(p.start_epoch > 0 for p in todo)} to resume, "
                  f"{sum(p.start_epoch == 0 for p in todo)} to run, {len(self.watch)} running elsewhere; "
@@ -97,7 +97,7 @@ class Invocation:
         run = self.ledger.tracker.client.get_run(p.run_id)
         job = Job(uri=self.ledger.uri, run_id=p.run_id, attempt=run.data.tags[tracking.TAG_ATTEMPT], run_key=p.key,
                   run_name=p.name, cfg=dataclasses.replace(p.cfg, device=p.device), threads=p.threads,
-                  checkpoint_every=self.opts.checkpoint_every)
+                  checkpoint_every=self.opts.checkpoint_every, stop_after=p.stop_after)
         slurm_id = self.ex.submit(job, p.cpus, p.gpus)
         if slurm_id:
             self.ledger.tracker.set_tags(p.run_id, {tracking.TAG_SLURM_JOB: slurm_id})
@@ -106,7 +106,8 @@ class Invocation:
             self._show_start(p)
 
     def _show_start(self, p: Planned) -> None:
-        self.progress.start(p.run_id, f"[{p.index + 1}/{len(self.planned)}] {p.name}", p.cfg.epochs, p.start_epoch)
+        self.progress.start(p.run_id, f"[{p.index + 1}/{len(self.planned)}] {p.name}", p.stop_after or p.cfg.epochs,
+                            p.start_epoch)
 
     def on_progress(self, run_id: str, epoch: int, row: dict[str, float]) -> None:
         if self.progress is not None:
@@ -123,6 +124,9 @@ class Invocation:
         if o.status == "FINISHED":
             p.outcome, p.final = ("resumed" if p.start_epoch > 0 else "ran"), o.final
             self.progress.finish(p.run_id, True, f"{label} finished: {_numbers(o.final)}")
+        elif o.status == "PAUSED":  # a search rung's stop: not a failure
+            p.outcome = "paused"
+            self.progress.finish(p.run_id, True, f"{label} {o.error}")
         else:
             if not o.marked:
                 self.ledger.mark(p.run_id, o.status, o.error, error=o.error)
@@ -235,6 +239,11 @@ def main(opts: Options) -> int:
     if opts.executor == "local" and opts.jobs != "1":
         start_fork_server()
     suite, planned, loaded = planning.plan(opts)
+    if suite.search is not None:  # tuned cells: trials on validation, then the selected settings
+        from bench.run import search
+
+        worker.preload(loaded)
+        return search.main(opts, suite, planned, loaded)
     box: list[Invocation] = []
     ex = make_executor(opts, planned, lambda *a: box[0].on_progress(*a) if box else None)
     try:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.run.job import STOP, Job, Outcome
+from bench.run.job import STOP, Job, Outcome, Paused
 from bench.store import tracking
 from bench.store.tracking import TAG_EPOCH
 
@@ -145,13 +145,16 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
     def save(epoch: int, capture) -> None:  # after every epoch's log: its metrics and checkpoint, one write
         check()
         now = time.monotonic()
-        if epoch == cfg.epochs or now - last[0] >= job.checkpoint_every or STOP.is_set():
+        pause = epoch == job.stop_after and epoch < cfg.epochs
+        if epoch == cfg.epochs or now - last[0] >= job.checkpoint_every or STOP.is_set() or pause:
             checkpoints.save(capture(), write_tags=log.flush)
             last[0] = now
         else:
             log.flush()
         if STOP.is_set() and epoch < cfg.epochs:  # the epoch is stored: a safe place to stop
             raise KeyboardInterrupt
+        if pause:
+            raise Paused(epoch)
 
     on_epoch = (lambda epoch, row: progress(job.run_id, epoch, row)) if progress else None
     heartbeat = tracking.Heartbeat(client, job.run_id, check=fence)
@@ -176,10 +179,15 @@ def execute(job: Job, progress: ProgressFn | None = None) -> Outcome:
         # open until this process exits and rolls it back; the resumed run recomputes the epoch.
         log.flush()  # the final metrics
         history = {k: log.before.get(k, []) + v for k, v in result.history.items()}
-        log_artifacts(client, job.run_id, result.model, ds, history)
+        log_artifacts(client, job.run_id, result.model, ds, history, split="val" if cfg.evaluate == "validation" else "test")
         checkpoints.clear()
     except Superseded:
         return Outcome(job.run_id, "SUPERSEDED", resumed_from=resumed, marked=False)
+    except Paused as e:  # its epochs and checkpoint are stored; the next job with a later stop resumes it
+        reason = f"paused after epoch {e.args[0]} (a search rung)"
+        client.log_batch(job.run_id, tags=_tags({tracking.TAG_END_REASON: reason}))
+        client.set_terminated(job.run_id, "KILLED")
+        return Outcome(job.run_id, "PAUSED", error=reason, resumed_from=resumed)
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         # a user-facing error (NaN loss, a config the variant rejects at run time) is its message;
@@ -213,7 +221,8 @@ def _tags(tags: dict[str, str]):
     return [RunTag(k, str(v)) for k, v in tags.items()]
 
 
-def log_artifacts(client, run_id: str, model, ds, history: dict[str, list[tuple[int, float]]]) -> None:
+def log_artifacts(client, run_id: str, model, ds, history: dict[str, list[tuple[int, float]]],
+                  split: str = "test") -> None:
     """The run's own figures (samples, reconstructions, the curves drawn from the run's
     ``history``: ``bench.plots.curves``) and its final weights, uploaded to the run."""
     import torch
@@ -222,7 +231,7 @@ def log_artifacts(client, run_id: str, model, ds, history: dict[str, list[tuple[
 
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         tmp = Path(tmp)
-        for name in run_images(model, ds, tmp):
+        for name in run_images(model, ds, tmp, split=split):
             client.log_artifact(run_id, str(tmp / name))
         run_figure(history, tmp / "curves.png")
         client.log_artifact(run_id, str(tmp / "curves.png"), "figures")

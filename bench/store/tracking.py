@@ -101,7 +101,13 @@ TAG_REMEASURED_COMMIT = "vaebench.remeasured.commit"  # git describe --dirty of 
 TAG_REMEASURED_MEASUREMENTS = "vaebench.remeasured.measurements"  # comma-separated, those done at that commit
 TAG_REMEASURED_AT = "vaebench.remeasured.at"  # when (UTC)
 TAG_REMEASURED_NOTE = "vaebench.remeasured.note"  # what differs from the original measurement, if anything
-OUTCOMES = ("reused", "resumed", "ran", "failed", "killed", "pending")  # a run's outcome in invocation.json
+TAG_SEARCH_CELL = "vaebench.search.cell"  # a search's cell (variant/objective/dataset[ key=value]): trials and final runs
+TAG_SEARCH_TRIAL = "vaebench.search.trial"  # the trial's number in its cell's study (final runs: the selected trial's)
+TAG_SEARCH_STUDY = "vaebench.search.study"  # the Optuna study of the cell (bench.run.search)
+TAG_SEARCH_PRUNED = "vaebench.search.pruned"  # the epoch after which successive halving stopped the trial
+TAG_SEARCH_SELECTED = "vaebench.search.selected"  # "true" on the final runs of the selected setting
+TAG_SEARCH_STAGE = "vaebench.search.stage"  # on a search invocation's parent runs: "trials" or "final"
+OUTCOMES = ("reused", "resumed", "ran", "paused", "failed", "killed", "pending")  # a run's outcome in invocation.json
 LIVE = ("RUNNING", "SCHEDULED")  # run statuses of a run that a process holds (or should)
 
 
@@ -217,6 +223,33 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+# What a run computes with: the package code. Not the suite files (a changed setting changes the run
+# keys; a changed description changes nothing), not the README, the tests or results/.
+CODE_PATHS = ("bench", "variants", ":(exclude)bench/suites")
+_SAME_CODE: dict[tuple[str, str], bool] = {}
+
+
+def same_code(then: str, now: str) -> bool:
+    """Whether a run made at commit ``then`` (its ``git_commit`` tag, ``git describe --dirty``)
+    computed with the code this checkout has at ``now``: the same commit, or commits whose
+    :data:`CODE_PATHS` do not differ (``git diff``; a ``-dirty`` checkout is compared as its working
+    tree is). A run from a dirty tree, or from a commit this repository does not have, matches only
+    its own exact description."""
+    if then == now:
+        return True
+    if not then or then.endswith("-dirty") or then == "unknown" or now == "unknown":
+        return False
+    if (then, now) not in _SAME_CODE:
+        target = [] if now.endswith("-dirty") else [now]  # the working tree, or the commit
+        try:
+            out = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", then, *target, "--", *CODE_PATHS],
+                                 capture_output=True, timeout=30)
+            _SAME_CODE[(then, now)] = out.returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            _SAME_CODE[(then, now)] = False
+    return _SAME_CODE[(then, now)]
 
 
 def _shown_path(path: str) -> str:

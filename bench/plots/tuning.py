@@ -1,0 +1,165 @@
+"""The report of a searched suite's tuning (``bench.run.search``): the budget each cell spent, the
+setting it selected on validation with its score, the final seeds' test numbers, and the expected
+best validation score against the number of trials (Dodge et al. 2019, ``bench.tuning``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import pandas as pd
+
+from bench import vocabulary
+from bench.plots.figures import Context, end_labels, figure
+from bench.plots.store import values
+from bench.plots.style import WIDTH, estimator_color
+from bench.store.tracking import TAG_SEARCH_CELL, TAG_SEARCH_PRUNED, TAG_SEARCH_TRIAL
+from bench.tuning import expected_max
+
+
+def search_spec(suite: str, tracking_uri: str | None = None):
+    """The suite file's ``[search]`` (a :class:`bench.suite.SearchSpec`): ``bench/suites/<suite>.toml``,
+    else the file the last invocation in the store ran (its parent's ``suite_file``); None when
+    neither loads (the report then names the metric ``val/elbo``)."""
+    from bench.errors import BenchError
+    from bench.suite import load_suite, suite_path
+
+    path = suite_path(suite)
+    if not path.is_file() and tracking_uri:
+        from bench.plots.store import client
+        from bench.store import tracking
+
+        c = client(tracking_uri)
+        exp = c.get_experiment_by_name(suite)
+        parents = c.search_runs([exp.experiment_id], tracking.role_filter("parent"), max_results=1,
+                                order_by=["attributes.start_time DESC"]) if exp else []
+        path = suite_path(parents[0].data.params.get("suite_file", "")) if parents else path
+    if not path.is_file():
+        return None
+    try:
+        return load_suite(str(path)).search
+    except BenchError:
+        return None
+
+
+def _setting(row: pd.Series, spec) -> str:
+    """The searched parameters of a trial run, as its params record them."""
+    if spec is None:
+        return "?"
+    out = []
+    for name in spec.space:
+        if name.startswith("objective_option."):
+            col = f"params.objective_option.{row.get('params.objective', '?')}.{name.removeprefix('objective_option.')}"
+        else:
+            col = f"params.{name}"
+        value = row.get(col, "?")
+        with contextlib.suppress(ValueError):
+            value = f"{float(value):.3g}" if "." in str(value) or "e" in str(value) else value
+        out.append(f"{name}={value}")
+    return ", ".join(out)
+
+
+def _mean_sd(v: pd.Series, decimals: int) -> str:
+    v = v.dropna()
+    if v.empty:
+        return "—"
+    if len(v) == 1:
+        return f"{v.iloc[0]:.{decimals}f} (1 seed)"
+    return f"{v.mean():.{decimals}f} ± {v.std(ddof=1):.{decimals}f} ({len(v)} seeds)"
+
+
+def completed(trials: pd.DataFrame) -> pd.Series:
+    """Trials that trained to the end: FINISHED and not pruned."""
+    pruned = trials[f"tags.{TAG_SEARCH_PRUNED}"].notna() if f"tags.{TAG_SEARCH_PRUNED}" in trials else False
+    return (trials["status"] == "FINISHED") & ~pruned
+
+
+def tuning_section(finals: pd.DataFrame, trials: pd.DataFrame, spec) -> list[str]:
+    """The report's "Tuning" section (Markdown lines): one row per cell."""
+    if trials.empty:
+        return []
+    metric = spec.metric if spec is not None else "val/elbo"
+    m = vocabulary.get(metric)
+    tests = [x for x in vocabulary.summary_metrics() if x.unit == "nats"]
+    how = "" if spec is None else (
+        f" Budget: {spec.trials} trial(s) a cell, sampler `{spec.sampler}`, pruner `{spec.pruner}`"
+        + (f" (reduction factor {spec.reduction_factor}, epochs as the resource)" if spec.pruner != "none" else "")
+        + f"; trials trained with seed {spec.seed}; final seeds {', '.join(map(str, spec.final_seeds))}.")
+    out = ["## Tuning", "",
+           f"Every cell (variant / objective / dataset and the grid's settings) had the same budget of trials, each "
+           f"a setting of the search space trained on the training split and scored by `{metric}` on the validation "
+           "split at its last epoch; the test split is never read by a trial. The selected setting (the best completed "
+           "trial) was trained again with each final seed and evaluated on the test split: those runs are the results "
+           f"above.{how}", "",
+           f"| cell | trials run | pruned | failed | selected setting | {metric} of the selected trial | "
+           + " | ".join(f"{x.name} (final seeds)" for x in tests) + " |",
+           "|---|---|---|---|---|---|" + "---|" * len(tests)]
+    cells = sorted(trials["cell"].unique())
+    for cell in cells:
+        t = trials[trials["cell"] == cell]
+        pruned = int(t[f"tags.{TAG_SEARCH_PRUNED}"].notna().sum()) if f"tags.{TAG_SEARCH_PRUNED}" in t else 0
+        failed = int((t["status"] == "FAILED").sum())
+        f = finals[finals.get(f"tags.{TAG_SEARCH_CELL}", pd.Series(dtype=object)) == cell] \
+            if f"tags.{TAG_SEARCH_CELL}" in finals else finals.iloc[:0]
+        chosen = f[f"tags.{TAG_SEARCH_TRIAL}"].dropna().unique() if len(f) else []
+        sel = t[t["trial"] == int(chosen[0])] if len(chosen) == 1 else t.iloc[:0]
+        setting = _setting(sel.iloc[0], spec) if len(sel) else "not selected yet"
+        score = m.format(values(sel, metric).iloc[0]) if len(sel) else "—"
+        out.append(f"| {cell} | {len(t)} | {pruned} | {failed} | {setting} | {score} | "
+                   + " | ".join(_mean_sd(values(f, x.name), x.decimals) for x in tests) + " |")
+    out += ["", "The trials' own runs are in the store (tag `vaebench.search.cell`), beside the study of each cell; "
+            "`runs.csv` holds the final runs only.", ""]
+    return out
+
+
+@figure("tuning.png", "Expected best validation score against the tuning budget",
+        "Dodge et al. (2019)'s expected maximum: for each cell, the expected best validation score among n trials "
+        "drawn from the trials this search ran (their empirical distribution), with ± one sd as a band, for n from 1 "
+        "to the budget. A ranking of estimators that holds at every n does not depend on the budget; curves that "
+        "cross say it does. Only the trials that trained to the end count (with a pruner, the pruned ones are left "
+        "out, so the curve describes the trials successive halving let through).")
+def tuning_curve(ctx: Context):
+    import matplotlib.pyplot as plt
+
+    trials = ctx.trials
+    if trials is None or trials.empty:
+        return None
+    spec = search_spec(ctx.suite, ctx.tracking_uri)
+    metric = spec.metric if spec is not None else "val/elbo"
+    m = vocabulary.get(metric)
+    higher = m.direction == vocabulary.HIGHER
+    done = trials[completed(trials)]
+    curves = {}
+    for cell, t in done.groupby("cell"):
+        v = [x for x in values(t, metric) if math.isfinite(x)]
+        if len(v) >= 2:
+            curves[cell] = expected_max(v, len(trials[trials["cell"] == cell]), higher)
+    if not curves:
+        ctx.notes.append("the tuning figure needs two or more completed trials in a cell: not drawn")
+        return None
+    datasets = sorted({c.split("/")[2].split(" ")[0] for c in curves})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(WIDTH, 3.6), squeeze=False)
+    labels = []
+    for ax, ds in zip(axes[0], datasets):
+        items = []
+        for i, (cell, curve) in enumerate(sorted(curves.items())):
+            if cell.split("/")[2].split(" ")[0] != ds:
+                continue
+            n = np.arange(1, len(curve) + 1)
+            mean = np.array([c[0] for c in curve])
+            sd = np.array([c[1] for c in curve])
+            color = estimator_color(i)
+            ax.plot(n, mean, color=color, lw=1.6)
+            ax.fill_between(n, mean - sd, mean + sd, color=color, alpha=0.15, lw=0)
+            items.append((n[-1], mean[-1], cell.rsplit("/", 1)[0], color))
+        ax.set_title(ds)
+        ax.set_xlabel("trials (budget)")
+        ax.set_ylabel(f"expected best {m.label} ({m.unit})")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        labels.append((ax, items))
+    fig.tight_layout(rect=(0, 0, 0.85, 1))
+    for ax, items in labels:
+        end_labels(ax, items)
+    return fig
