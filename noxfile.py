@@ -29,7 +29,7 @@ nox.options.sessions = ["lint", "fast"]
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Every test but the perf ones: the fast tier, then the slow tier, in one pytest run
+    """Every test but the perf ones: the fast and the slow tier in one pytest run
     (``-m "not perf"``); the README's test command, what CI runs. Pytest args after ``--``
     (``-- -m slow``: the slow tier alone)."""
     session.install("-e", ".[test]")
