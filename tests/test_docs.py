@@ -117,22 +117,41 @@ PROVIDED_ELSEWHERE = {"docs/plugins.md", "docs/optimizers.md"}
 
 
 def _links(path: Path) -> list[str]:
+    """The relative link targets of a Markdown file (``file``, ``file#anchor`` or ``#anchor``),
+    outside code."""
     text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
     text = re.sub(r"`[^`\n]*`(?!\])", "", text)  # inline code, but not a link's backticked text
-    return [t.split("#", 1)[0] for t in re.findall(r"\]\(([^)\s]+)\)", text)
-            if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
+    return [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:", t)]
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces -> '-'."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+def _broken(path: Path) -> list[str]:
+    out = []
+    for link in _links(path):
+        file, _, anchor = link.partition("#")
+        target = path.parent / file if file else path
+        if not target.exists():
+            if os.path.relpath(os.path.normpath(target), ROOT) not in PROVIDED_ELSEWHERE:
+                out.append(link)
+        elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
+            out.append(link)
+    return out
 
 
 @pytest.mark.parametrize("doc", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))])
-def test_relative_links_point_at_files(doc):
-    path = ROOT / doc
-    links = _links(path)
-    broken = [t for t in links if not (path.parent / t).exists()
-              and os.path.relpath(os.path.normpath(path.parent / t), ROOT) not in PROVIDED_ELSEWHERE]
-    assert not broken, f"{doc}: links to missing files: {broken}"
+def test_relative_links_point_at_files_and_headings(doc):
+    broken = _broken(ROOT / doc)
+    assert not broken, f"{doc}: links to missing files or headings: {broken}"
 
 
 def test_the_link_check_sees_a_broken_link(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("[a](missing.md) [b](https://example.org) [c](#anchor) `[d](code.md)`\n```\n[e](x.md)\n```\n")
-    assert _links(page) == ["missing.md"]
+    page.write_text("# A page, `with` code\n[a](missing.md) [b](https://example.org) [c](#anchor) `[d](code.md)`\n"
+                    "[e](#a-page-with-code) [f](page.md#a-page-with-code) [g](page.md#nowhere)\n```\n[h](x.md)\n```\n")
+    assert _links(page) == ["missing.md", "#anchor", "#a-page-with-code", "page.md#a-page-with-code", "page.md#nowhere"]
+    assert _broken(page) == ["missing.md", "#anchor", "page.md#nowhere"]
