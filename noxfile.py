@@ -1,8 +1,9 @@
-"""Sessions: lint, tests, slow, benchmark, perf, gpu, ui, server. The uv backend: a warm install of torch takes seconds.
+"""Sessions: lint, fast, tests, slow, benchmark, perf, gpu, ui, server. The uv backend: a warm install of torch takes seconds.
 
-    nox                                   # lint and tests (the default sessions)
-    nox -s tests                          # the fast tier: every test but the slow and perf ones (pytest args after --)
-    nox -s slow                           # the slow tier: end-to-end runs of suites (executors, resume, compare)
+    nox                                   # lint and fast (the default sessions)
+    nox -s fast                           # the fast tier: pytest's default selection, not slow and not perf (pytest args after --)
+    nox -s tests                          # every test but the perf ones: the fast tier, then the slow tier (what CI runs)
+    nox -s slow                           # the slow tier alone: end-to-end runs of suites (executors, resume, compare)
     nox -s benchmark                      # the smoke suite (--jobs auto), then its plots and report
     nox -s benchmark -- --suite standard  # another suite; other `bench run` flags pass through
     nox -s perf                           # harness against hand-written PyTorch, and micro-benchmarks
@@ -23,21 +24,30 @@ import nox
 
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "fast"]
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
+    """Every test but the perf ones: the fast and the slow tier in one pytest run
+    (``-m "not perf"``); the README's test command, what CI runs. Pytest args after ``--``
+    (``-- -m slow``: the slow tier alone)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "not perf", *session.posargs)
+
+
+@nox.session
+def fast(session: nox.Session) -> None:
     """The fast tier: pytest's default selection, ``-m "not perf and not slow"`` (pyproject.toml);
-    what a contributor runs while working. Pytest args after ``--`` (``-m "not perf"``: both tiers)."""
+    what a contributor runs while working. Pytest args after ``--``."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
 
 
 @nox.session
 def slow(session: nox.Session) -> None:
-    """The slow tier: the tests marked ``slow`` (suites run end to end through the executors, kills
-    and resumes, compare, the re-measure); CI runs it after the fast tier."""
+    """The slow tier alone: the tests marked ``slow`` (suites run end to end through the executors,
+    kills and resumes, compare, the re-measure); ``nox -s tests`` runs it with the fast tier."""
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "slow and not perf", *session.posargs)
 

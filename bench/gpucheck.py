@@ -1,4 +1,4 @@
-"""The GPU check: every figure the README leaves unmeasured for want of a GPU, in one command.
+"""The GPU check: every figure docs/speed.md leaves unmeasured for want of a GPU, in one command.
 
     nox -s gpu                                  # = python -m bench.gpucheck --out results/gpu
     python -m bench.gpucheck --out DIR          # the same, in an environment that has vaebench

@@ -3,7 +3,7 @@
 ``run(cfg, data, log)`` builds the variant, trains it with Adam on the objective's surrogate,
 evaluates every epoch and at the end, and hands every number to ``log(metrics, step)``; it knows
 nothing of MLflow. What it logs, and when, is the metric vocabulary (``bench.vocabulary``, the
-README's metric table): per epoch (step = epoch) ``train/loss`` (= -training bound, averaged over
+reference docs/metrics.md): per epoch (step = epoch) ``train/loss`` (= -training bound, averaged over
 the epoch's batches), ``val/elbo``, ``train/examples_per_s``, ``gap/*`` and ``grad/*`` at the
 scheduled epochs; at the end (step = epochs) the ``test/*``, ``gap/*``, ``grad/*`` and ``perf/*``
 metrics. A name the vocabulary does not know is a warning (:class:`UnregisteredMetric`, an error

@@ -84,11 +84,15 @@ def test_adam_eps_reaches_the_optimizer(monkeypatch, digits):
     assert seen[0]["eps"] == 1e-4 and RunConfig().adam_eps == 1e-8  # torch's default unless set
 
 
-def test_val_size_is_checked_and_reaches_the_loader(tmp_path):
+def test_val_size_and_adam_eps_are_checked():
     with pytest.raises(ConfigError, match="val_size must be >= 0"):
         load_suite(str(TINY), config.parse_overrides(["val_size=-1"]))
     with pytest.raises(ConfigError, match="adam_eps must be > 0"):
         load_suite(str(TINY), config.parse_overrides(["adam_eps=0"]))
+
+
+@pytest.mark.slow
+def test_val_size_reaches_the_loader(tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
     r = run_cli("run", "--suite", str(TINY), "--set", "variants=vanilla", "--set", "epochs=1", "--set", "train_size=0",
                 "--set", "val_size=97", "--tracking-uri", uri, cwd=tmp_path)

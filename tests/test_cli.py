@@ -27,6 +27,7 @@ def children(client, exp_id):
     return client.search_runs([exp_id], "tags.`vaebench.role` = 'child'")
 
 
+@pytest.mark.slow
 def test_cli_runs_a_suite_into_the_store(tmp_path, store):
     proc = run_cli("run", "--suite", str(TINY), "--tracking-uri", store, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -120,6 +121,7 @@ def test_bad_suite_files(tmp_path, new_store, capsys):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_missing_dataset_offline_is_a_clear_error(tmp_path, new_store):
     store = new_store
     """MNIST is not on disk and this machine has no route to its mirrors: exit 2, how to get it."""

@@ -1,4 +1,4 @@
-"""The registry contract (the README's "Adding a variant", ``variants/base.py``,
+"""The registry contract (the README's "Adding a variant and an objective", docs/models.md, ``variants/base.py``,
 ``bench/objectives/registry.py``), parametrized over every registered variant and objective: a new
 variant is tested by registering it."""
 

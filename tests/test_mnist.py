@@ -137,6 +137,7 @@ def test_torchvision_route_offline_is_a_clear_error_and_its_layout_is_found(tmp_
     assert d.source == str(raw)
 
 
+@pytest.mark.slow
 def test_missing_offline_exits_2_with_the_message(tmp_path):
     """The CLI: an MNIST suite with no data and no network stops before anything is written."""
     suite = tmp_path / "m.toml"

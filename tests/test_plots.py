@@ -267,12 +267,12 @@ def test_run_figure(tmp_path):
     assert width["curves"] > 1.8 * width["empty"] and width["bounds"] == width["empty"]
 
 
-def test_the_readme_lists_every_registered_figure():
-    """The README's figure table under "The report" and the figure registry name the same files,
+def test_the_docs_list_every_registered_figure():
+    """The figure table under "The report" (docs/metrics.md) and the figure registry name the same files,
     and every registered figure has a title and a caption of its own."""
     from tests.conftest import ROOT
 
-    section = (ROOT / "README.md").read_text().split("\n## The report", 1)[1].split("\n## ", 1)[0]
+    section = (ROOT / "docs" / "metrics.md").read_text().split("\n## The report", 1)[1].split("\n## ", 1)[0]
     listed = {n for line in section.splitlines() if line.startswith("| `")
               for n in re.findall(r"`([^`]+\.png)`", line.split("|")[1])}
     assert listed == set(plots.FIGURES)

@@ -22,14 +22,11 @@ from bench.errors import ConfigError
 from bench.train import evaluate_elbo, run
 from tests.test_ais import chain_se
 from variants import priors
-from variants.base import (
-    GaussianLatentVAE,
-    Lazy,
-    LogWeightTerms,
+from variants.base import GaussianLatentVAE, Lazy, LogWeightTerms, flat
+from variants.densities import (
     diag_gaussian,
     diag_gaussian_log_prob,
     diag_gaussian_rsample,
-    flat,
     kl_to_standard_normal,
     standard_normal_log_prob,
 )
@@ -168,7 +165,7 @@ def _old_hierarchical_log_prior(self, z):
 
 def _old_hierarchical_posterior_sample(self, x, k=1, *, params=None, mode="reparam"):
     """``HierarchicalVAE.posterior_sample`` as it was before learned priors (commit abb3860)."""
-    from variants.base import detached_call, draw
+    from variants.densities import detached_call, draw
 
     self.check_mode(mode)
     lam = self.variational_params(x) if params is None else params

@@ -325,6 +325,7 @@ def _invocation(uri: str, parent) -> dict:
     return json.loads(Path(path).read_text())
 
 
+@pytest.mark.slow
 def test_finished_runs_are_reused_and_fresh_recomputes(store, capsys):
     args = ["run", "--suite", str(TINY), "--tracking-uri", store, "--set", "variants=vanilla,iwae", "--set", "epochs=1"]
     assert cli.main(args) == 0

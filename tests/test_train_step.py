@@ -20,7 +20,8 @@ from bench import step as steps
 from bench.config import RunConfig
 from bench.errors import ConfigError
 from bench.suite import load_suite
-from variants.base import Lazy, diag_gaussian
+from variants.base import Lazy
+from variants.densities import diag_gaussian
 
 
 # -- the Gaussian latent's terms, computed directly ---------------------------------------------------

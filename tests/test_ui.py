@@ -105,6 +105,7 @@ def _post(base: str, path: str, body: dict) -> dict:
         return json.load(r)
 
 
+@pytest.mark.slow
 def test_rest_api_serves_runs_and_artifacts(server, suite_runs):
     exp_id, parent, children = suite_runs
     runs = _post(server, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
@@ -148,6 +149,7 @@ def chromium():
     return exe, sync_playwright
 
 
+@pytest.mark.slow
 def test_the_experiment_describes_the_suite_and_holds_the_runs_view(suite_runs, filled):
     """The experiment's description is the suite file's, its kind "Machine learning", its shared
     runs view the harness's; the parent run's note names the suite, its file and its overrides."""
@@ -175,6 +177,7 @@ def test_an_older_experiment_gets_the_kind_and_the_view(store):
     assert tags["mlflow.experimentKind"] == tracking.EXPERIMENT_KIND and tracking.VIEW_TAG in tags
 
 
+@pytest.mark.slow
 def test_browser_shows_child_runs_with_metric_columns_and_artifacts(chromium, server, suite_runs, tmp_path):
     """The URL ``bench ui`` prints opens the runs table of the child runs with their metrics as
     columns, nothing clicked (the harness's shared view); then one run's artifacts, reached as a
@@ -215,6 +218,7 @@ def tracking_description() -> str:
     return tracking.suite_description(str(TINY))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_serve_prints_runs_url_and_stops_on_signal(filled, suite_runs, sig):
     """``python -m bench ui``: prints the runs-page URL; Ctrl-C (SIGINT) or SIGTERM stops the
@@ -249,6 +253,7 @@ def test_serve_prints_runs_url_and_stops_on_signal(filled, suite_runs, sig):
                 proc.kill()
 
 
+@pytest.mark.slow
 def test_refuses_non_loopback_host_and_busy_port(filled):
     uri, _ = filled
     with pytest.raises(BenchError, match="loopback"):

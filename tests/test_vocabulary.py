@@ -1,5 +1,5 @@
-"""One vocabulary: the README's metric table and ``bench.vocabulary`` list the same names with the
-same "when"; every name a real run logs (the per-objective gradient patterns, per-layer active
+"""One vocabulary: the metric reference ``docs/metrics.md`` is what ``bench.vocabulary`` generates
+(its table lists the same names with the same "when"); every name a real run logs (the per-objective gradient patterns, per-layer active
 units, the codebook, AIS, the warm-up, a trainable objective's own group) is registered; and the
 lookup of patterns tells names apart (power checks: near-miss names are not registered)."""
 
@@ -14,33 +14,55 @@ from bench import config, metrics, train, vocabulary
 from bench import data as datasets
 from tests.conftest import ROOT
 
+REFERENCE = ROOT / vocabulary.REFERENCE
 
-def _readme_table() -> dict[str, str]:
-    """{metric name: its "when" cell} from the README's "## Metrics" table (several names in one
-    first cell share the row; "same" repeats the row above's when)."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Metrics", 1)[1].split("\n## ", 1)[0]
-    out, last = {}, ""
-    for line in section.splitlines():
-        if not line.startswith("| `"):
-            continue
-        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
-        when = cells[1].replace("`", "")
-        when = last if when == "same" else when
-        last = when
-        for name in re.findall(r"`([^`]+)`", cells[0]):
-            out[name] = when
+
+def _reference_table(text: str) -> dict[str, tuple[str, str]]:
+    """{metric name: (its "when" cell, its "what" cell)} from the reference's table."""
+    out = {}
+    for line in text.split("## The metric reference", 1)[1].split("\n## ", 1)[0].splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+            (name,) = re.findall(r"`([^`]+)`", cells[0])
+            out[name] = (cells[1], cells[3])
     return out
 
 
-def test_the_readme_table_is_the_vocabulary():
-    readme = _readme_table()
-    assert len(readme) > 20  # the parse found the table
-    assert sorted(readme) == sorted(vocabulary.METRICS), (
-        f"only in README: {sorted(set(readme) - set(vocabulary.METRICS))}; "
-        f"only in bench/vocabulary.py: {sorted(set(vocabulary.METRICS) - set(readme))}")
-    for name, when in readme.items():
-        assert when == vocabulary.METRICS[name].when.replace("`", ""), name
+def test_the_metric_reference_is_generated_from_the_vocabulary():
+    committed = REFERENCE.read_text()
+    assert vocabulary.render_reference(committed) == committed, (
+        f"{vocabulary.REFERENCE} is out of date with bench/vocabulary.py: run `python -m bench.vocabulary --write`")
+
+
+def test_the_reference_lists_every_entry_with_its_when_and_what():
+    table = _reference_table(REFERENCE.read_text())
+    assert sorted(table) == sorted(vocabulary.METRICS)
+    for name, (when, what) in table.items():
+        m = vocabulary.METRICS[name]
+        assert when == m.when and len(what) > 20, name
+        assert m.doc or m.same_as, f"{name}: no doc in bench/vocabulary.py"
+
+
+def test_a_stale_reference_is_caught():
+    committed = REFERENCE.read_text()
+    stale = committed.replace("| `test/elbo` | final |", "| `test/elbo` | every epoch |")
+    assert stale != committed and vocabulary.render_reference(stale) == committed
+    dropped = re.sub(r"\| `test/kl` \|.*\n", "", committed)
+    assert dropped != committed and vocabulary.render_reference(dropped) == committed
+    with pytest.raises(ValueError, match="markers"):
+        vocabulary.render_reference(committed.replace(vocabulary.END, ""))
+
+
+def test_the_reference_command_writes_the_file(tmp_path, capsys):
+    page = tmp_path / "metrics.md"
+    page.write_text(f"# head\n\n{vocabulary.BEGIN}\nSTALE LINE\n{vocabulary.END}\n\ntail\n")
+    assert vocabulary.main(["--write", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("# head\n") and text.endswith(f"{vocabulary.END}\n\ntail\n") and "STALE LINE" not in text
+    assert vocabulary.reference_markdown() in text
+    capsys.readouterr()
+    vocabulary.main([])
+    assert capsys.readouterr().out == vocabulary.reference_markdown()
 
 
 def test_gradient_statistics_are_those_metrics_computes():

@@ -106,6 +106,7 @@ def test_mlp_form_for_vector_data():
         variants.build("vq-vae", x_shape=(7,), arch="conv")
 
 
+@pytest.mark.slow
 def test_not_applicable_measurements_are_skipped_and_recorded(store, tmp_path, capsys):
     """A short real run: no test/log_px, gap/*, grad/* or active units are logged (no NaN either),
     the reasons are tags of the child run, test/codebook_perplexity and the bound are logged, and

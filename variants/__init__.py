@@ -5,7 +5,7 @@
     >>> model = variants.build("vanilla", x_shape=(1, 8, 8), latent_dim=8)
     >>> model.log_weights(x, k=5)       # Tensor[k, B] = log p(x, z_j) - log q(z_j | x)
 
-Every module in this package except the shared ones (``base``, ``nets``, ``priors``, ``registry``) is one
+Every module in this package except the shared ones (``base``, ``densities``, ``nets``, ``priors``, ``registry``) is one
 variant that registers itself with ``@register(name)``; importing the package imports them all.
 """
 
@@ -25,7 +25,7 @@ from variants.registry import (
     register,
 )
 
-_SHARED = {"base", "nets", "priors", "registry"}
+_SHARED = {"base", "densities", "nets", "priors", "registry"}
 for _m in pkgutil.iter_modules(__path__):
     if _m.name not in _SHARED and not _m.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_m.name}")

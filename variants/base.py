@@ -38,8 +38,17 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, TransformedDistribution
-from torch.func import functional_call
 
+from variants.densities import (
+    BernoulliLogits,
+    bernoulli_logits_log_prob,
+    diag_gaussian,
+    diag_gaussian_log_prob,
+    diag_gaussian_rsample,
+    kl_to_standard_normal,
+    normal_log_prob,
+    standard_normal_log_prob,
+)
 from variants.nets import mlp
 from variants.registry import VariantConfigError
 
@@ -325,88 +334,6 @@ class Decoder(nn.Module):
         last = layers[-1]
         mean = x_mean.to(last.bias)
         last.bias.copy_(torch.logit(mean.clamp(clip, 1 - clip)) if self.likelihood == "bernoulli" else mean)
-
-
-class BernoulliLogits(torch.distributions.Bernoulli):
-    """Bernoulli parametrized by logits whose ``log_prob`` accepts intensities in [0, 1].
-
-    ``log_prob(x) = x * logits - softplus(logits)`` (the negative binary cross-entropy). It is a
-    normalized log-probability for binary ``x``; for grey levels it is the usual cross-entropy
-    surrogate, so the data loader binarizes by default and records the protocol.
-    """
-
-    def __init__(self, logits: Tensor) -> None:
-        super().__init__(logits=logits, validate_args=False)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        return bernoulli_logits_log_prob(self.logits, value)
-
-
-def bernoulli_logits_log_prob(logits: Tensor, x: Tensor) -> Tensor:
-    """``x * logits - softplus(logits)`` elementwise (``log Bernoulli(x; sigmoid(logits))`` for binary
-    ``x``, the negative binary cross-entropy for intensities in [0, 1]); broadcast."""
-    return x * logits - nn.functional.softplus(logits)
-
-
-LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def normal_log_prob(x: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
-    """``log N(x; loc, exp(log_scale)^2)`` elementwise (broadcast), as ``torch.distributions.Normal``
-    computes it: ``-(x - loc)^2 / (2 sigma^2) - log sigma - log sqrt(2 pi)``."""
-    return -((x - loc) ** 2) / (2 * (2 * log_scale).exp()) - log_scale - LOG_SQRT_2PI
-
-
-def standard_normal_log_prob(z: Tensor) -> Tensor:
-    """``log N(z; 0, I)`` summed over the last axis: ``[..., d] -> [...]``."""
-    return (-0.5 * z**2 - LOG_SQRT_2PI).sum(-1)
-
-
-def diag_gaussian_log_prob(z: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
-    """``log N(z; mu, diag sigma^2)`` summed over the last axis (``mu``, ``log_sigma`` broadcast against ``z``)."""
-    return normal_log_prob(z, mu, log_sigma).sum(-1)
-
-
-def kl_to_standard_normal(mu: Tensor, log_sigma: Tensor) -> Tensor:
-    """``KL(N(mu, diag sigma^2) || N(0, I)) = 1/2 sum_i (sigma_i^2 + mu_i^2 - 1 - 2 log sigma_i)``: ``[..., d] -> [...]``."""
-    return 0.5 * ((2 * log_sigma).exp() + mu**2 - 1 - 2 * log_sigma).sum(-1)
-
-
-def diag_gaussian_rsample(mu: Tensor, log_sigma: Tensor, k: int) -> Tensor:
-    """``k`` reparameterized draws ``mu + sigma * eps``, ``eps ~ N(0, I)``: ``[B, d] -> [k, B, d]``.
-    The same numbers, from the same generator calls, as ``diag_gaussian(lam).rsample((k,))``."""
-    eps = torch.empty((k, *mu.shape), dtype=mu.dtype, device=mu.device).normal_()
-    return mu + eps * log_sigma.exp()
-
-
-def one_hot(index: Tensor, n: int, dtype: torch.dtype) -> Tensor:
-    """``F.one_hot(index, n).to(dtype)`` without its range check, which reads the indices' min and
-    max back to the host (a device sync on every call): ``[...] -> [..., n]``. ``index`` must
-    hold values in ``[0, n)`` (an ``argmax`` over ``n`` entries does)."""
-    out = torch.zeros((*index.shape, n), dtype=dtype, device=index.device)
-    return out.scatter_(-1, index.unsqueeze(-1), 1)
-
-
-def detached_call(module: nn.Module, *args: Tensor) -> Tensor:
-    """``module(*args)`` with the module's parameters detached (gradients flow only via ``args``):
-    how the multi-level variants evaluate ``log q`` at stopped parameters (mode ``"stop-q"``)."""
-    params = {n: p.detach() for n, p in module.named_parameters()}
-    return functional_call(module, params, args)
-
-
-def draw(q: Distribution, k: tuple[int, ...], mode: str) -> Tensor:
-    """``q.rsample(k)``, detached in the score-function mode.
-
-    Detaching the reparameterized draw (rather than ``q.sample``) consumes the random stream
-    identically in every mode, so one seed gives the same ``z`` for all modes."""
-    z = q.rsample(k)
-    return z.detach() if mode == "score" else z
-
-
-def diag_gaussian(params: Tensor) -> Independent:
-    """``params = [mu, log_sigma]`` (``[..., 2d]``) -> ``N(mu, diag(sigma^2))`` with event ``[d]``."""
-    mu, log_sigma = params.chunk(2, dim=-1)
-    return Independent(Normal(mu, log_sigma.exp(), validate_args=False), 1, validate_args=False)
 
 
 class GaussianLatentVAE(VAE):

@@ -47,7 +47,8 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent
 from torch.nn import functional as F
 
-from variants.base import VAE, Decoder, detached_call, flat
+from variants.base import VAE, Decoder, flat
+from variants.densities import detached_call
 from variants.gumbel_softmax import AnnealedTemperature, CategoricalTerms
 from variants.nets import mlp
 from variants.registry import register

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from variants.base import VAE, Decoder, LogWeightTerms, detached_call, diag_gaussian, draw, flat
+from variants.base import VAE, Decoder, LogWeightTerms, flat
+from variants.densities import detached_call, diag_gaussian, draw
 from variants.nets import mlp
 from variants.registry import register
 

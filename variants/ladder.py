@@ -75,7 +75,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from variants.base import VAE, Decoder, LogWeightTerms, detached_call, diag_gaussian, draw, flat
+from variants.base import VAE, Decoder, LogWeightTerms, flat
+from variants.densities import detached_call, diag_gaussian, draw
 from variants.nets import ACTIVATIONS
 from variants.registry import VariantConfigError, register
 

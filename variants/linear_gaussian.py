@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, MultivariateNormal, Normal
 
-from variants.base import GaussianLatentVAE, flat, normal_log_prob
+from variants.base import GaussianLatentVAE, flat
+from variants.densities import normal_log_prob
 from variants.registry import VariantConfigError, register
 
 

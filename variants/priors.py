@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
-from variants.base import LOG_SQRT_2PI
+from variants.densities import LOG_SQRT_2PI
 from variants.registry import VariantConfigError
 
 PRIORS = ("standard", "mog", "vamp")

@@ -52,7 +52,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, OneHotCategorical
 from torch.nn import functional as F
 
-from variants.base import VAE, Decoder, LogWeightTerms, flat, one_hot
+from variants.base import VAE, Decoder, LogWeightTerms, flat
+from variants.densities import one_hot
 from variants.nets import mlp
 from variants.registry import VariantConfigError, register
 
