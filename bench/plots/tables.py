@@ -37,10 +37,20 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         for name in cols:
             v = values(g, name).dropna()
             row[f"{name} mean"] = v.mean() if len(v) else np.nan
-            row[f"{name} sd"] = v.std(ddof=1) if len(v) > 1 else np.nan
+            row[f"{name} sd"] = _sd_over_seeds(v)
             row[f"{name} n"] = len(v)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _sd_over_seeds(v: pd.Series) -> float:
+    """Sample sd of the seeds' values; NaN for one seed, and where a value is infinite (a
+    deterministic gradient's SNR) unless every value is the same."""
+    if len(v) < 2:
+        return np.nan
+    if not np.isfinite(v).all():
+        return 0.0 if (v == v.iloc[0]).all() else np.nan
+    return v.std(ddof=1)
 
 
 def sd(values: pd.Series) -> float:
