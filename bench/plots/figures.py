@@ -699,3 +699,7 @@ def published(ctx: Context):
     from bench.plots.published import published_figure
 
     return published_figure(ctx.pub, ctx.published, ctx.notes)
+
+
+# the searched suites' figure lives with their report section; importing it registers it here, last
+from bench.plots import tuning as _tuning  # noqa: E402,F401

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.plots import store
-from bench.plots import tuning as tuning_report  # registers the tuning figure
+from bench.plots import tuning as tuning_report
 from bench.plots.figures import FIGURES, Context
 from bench.plots.store import KEY
 from bench.plots.style import save
