@@ -5,8 +5,10 @@ uninterrupted run would have (bit for bit on CPU):
 
 * the completed ``epoch`` and the optimizer ``step`` counter (model schedules such as the
   Gumbel-softmax temperature are functions of it, and their buffers are in the state dict);
-* the model's ``state_dict`` and the optimizer's (Adam's moments and step counts; the learning
-  rate schedule and the KL warm-up are functions of the epoch and step);
+* the model's ``state_dict`` and the optimizer's (Adam's moments and step counts, SGD's and
+  RMSprop's momentum buffers, Adagrad's sums of squares; a learned prior's own optimizer's
+  inside, ``bench.step.PriorSplit``; the learning-rate schedule and the KL warm-up are functions
+  of the epoch and step);
 * a trainable objective's ``state_dict`` and its own optimizer's (NVIL's baseline network and
   running moments, REBAR's temperature, RELAX's control variate);
 * every random number generator the loop and its measurements draw from: the training

@@ -49,6 +49,30 @@ class RunConfig:
     is a search trial's (``bench.run.search``): it trains and logs the per-epoch ``train/*`` and
     ``val/*`` metrics and nothing else, so no number a trial logs, and no selection made from
     them, has seen the test split.
+    ``optimizer``: the update of the model's parameters at learning rate ``lr``, torch's
+    implementations (``bench.step.make_optimizer``): ``"adam"`` (Kingma & Ba 2015, with
+    ``adam_eps``), ``"sgd"`` (heavy-ball ``momentum`` mu: ``v <- mu v + g``, ``theta <- theta - lr v``),
+    ``"adagrad"`` (Duchi et al. 2011: ``theta <- theta - lr g / (sqrt(sum_s g_s^2) + 1e-10)``;
+    Kingma & Welling 2014 use it with lr from {0.01, 0.02, 0.1}) or ``"rmsprop"`` (Tieleman &
+    Hinton 2012; torch's alpha 0.99 and eps 1e-8; ``momentum``). ``weight_decay`` (wd) adds
+    ``wd * theta`` to every gradient before the update; for Adam it is torch's L2 penalty in the
+    gradient, not AdamW's decoupled decay. It is the gradient of ``-log N(theta; 0, I / wd)``: a
+    Gaussian prior on the parameters (MAP instead of maximum likelihood for theta), as in Kingma &
+    Welling 2014 (sec. 5); since the objective is a mean over examples, a ``N(0, I)`` prior over
+    ``N`` training examples is ``wd = 1 / N``.
+
+    ``lr_schedule``: the learning rate of each optimizer step, ``lr_t = lr * m``
+    (``bench.schedules``): ``"constant"`` (``m = 1``); ``"burda"`` (per epoch, Burda et al. 2016:
+    ``m = 10^(-i/7)`` for 3^i epochs, i = 0..7); ``"exponential"`` (per step:
+    ``m = lr_decay ** floor(t / lr_decay_every)``, ``t`` the optimizer steps so far; Jang et al.
+    2017's notebook multiplies the rate by 0.9 every 1,000 steps).
+
+    ``prior_optimizer`` and ``prior_lr``: a learned prior's parameters (the ``bernoulli`` variant's
+    ``prior_logits``; the ``mog`` and ``vamp`` priors) trained by an optimizer of their own at
+    ``prior_lr`` (``0``: ``lr``), with torch's defaults otherwise (no momentum, no weight decay;
+    Adam with ``adam_eps``), as in the DisARM code (Dong et al. 2020: the prior's logits by SGD at
+    1e-2, everything else by Adam at 1e-4). ``""`` (default): the prior goes with the rest. The
+    schedule scales both rates by the same ``m``.
 
     ``prior``: ``p(z)`` of the Gaussian latent (two-layer variants: of the top layer).
     ``"standard"`` is ``N(0, I)``, the variant's own code unchanged; ``"mog"`` a learned mixture of
@@ -70,12 +94,20 @@ class RunConfig:
     epochs: int = 10
     batch_size: int = 100
     lr: float = 1e-3
-    lr_schedule: str = "constant"  # constant | burda (bench.schedules.LR_SCHEDULES)
+    lr_schedule: str = "constant"  # constant | burda (per epoch) | exponential (per step) (bench.schedules.LR_SCHEDULES)
+    lr_decay: float = 0.0  # exponential: lr * lr_decay ** floor(step / lr_decay_every); 0 = unset
+    lr_decay_every: int = 0  # exponential: optimizer steps between two decays; 0 = unset
+    optimizer: str = "adam"  # adam | sgd | adagrad | rmsprop (bench.step.make_optimizer)
+    momentum: float = 0.0  # sgd and rmsprop only (heavy-ball momentum)
+    weight_decay: float = 0.0  # L2 penalty added to the gradient (Adam: not AdamW); a N(0, I/wd) prior on the weights
     adam_eps: float = 1e-8  # Adam's epsilon (torch's default; Burda et al. 2016 use 1e-4)
+    prior_optimizer: str = ""  # "" = the prior goes with the rest | adam | sgd | adagrad | rmsprop: a learned prior's own optimizer
+    prior_lr: float = 0.0  # the prior's optimizer's learning rate; 0 = lr
     device: str = field(default="auto", metadata=PLACED)  # auto | cpu | cuda | cuda:N
     step_mode: str = "eager"  # eager | compile (torch.compile) | cuda-graph (CUDA only): how the training step runs
     threads: int = field(default=0, metadata=PLACED)  # torch CPU threads; 0 = leave torch's default (recorded either way)
-    binarization: str = "dynamic"  # dynamic | static | none (continuous, Gaussian likelihood)
+    binarization: str = "dynamic"  # dynamic | static | threshold (x >= 0.5) | none (continuous, Gaussian likelihood)
+    shuffle: bool = True  # false: each epoch's minibatches in the training split's order (Burda et al.'s code)
     train_size: int = 0  # 0 = the whole training split (a prefix otherwise: reduced suites)
     val_size: int = 0  # 0 = the dataset's validation split (MNIST: the last 10,000 training images)
     init_decoder_bias: bool = False  # start the decoder's output bias at the training mean's logits
@@ -124,6 +156,10 @@ class RunConfig:
         return f"{self.variant}/{self.objective}/{self.dataset}/seed{self.seed}"
 
 
+OPTIMIZERS = ("adam", "sgd", "adagrad", "rmsprop")  # the values of ``optimizer`` (bench.step.make_optimizer)
+WITH_MOMENTUM = ("sgd", "rmsprop")  # the optimizers that take ``momentum``
+
+
 # -- run policy: what a configuration can run where, and what it measures ------------------------
 def resolve_device(name: str) -> torch.device:
     """The device ``name`` (``auto``: CUDA where there is a GPU, else the CPU) names here; a CUDA
@@ -149,7 +185,19 @@ def step_mode_unsupported(cfg: RunConfig) -> str | None:
                 "of its own (a second optimizer; REBAR and RELAX take a double backward): use step_mode = 'eager'")
     if cfg.step_mode == "cuda-graph" and cfg.device == "cpu":
         return "step_mode = 'cuda-graph' needs a CUDA device (device = cuda, or auto on a machine with a GPU)"
+    if cfg.step_mode == "cuda-graph" and (cfg.optimizer != "adam" or cfg.prior_optimizer):
+        return (f"step_mode = 'cuda-graph' captures Adam only (torch's capturable Adam keeps its step counters on "
+                f"the device), not optimizer = {cfg.optimizer!r}"
+                + (f" with prior_optimizer = {cfg.prior_optimizer!r}" if cfg.prior_optimizer else "")
+                + ": use step_mode = 'compile' or 'eager'")
     return None
+
+
+def learned_prior(cfg: RunConfig, variant_cls) -> bool:
+    """Whether the run's prior has parameters of its own: a ``mog`` or ``vamp`` prior
+    (``variants.priors``), or the variant's own learned prior (its ``prior_parameter_names``,
+    e.g. the ``bernoulli`` variant's ``prior_logits``)."""
+    return cfg.prior != "standard" or bool(getattr(variant_cls, "prior_parameter_names", ()))
 
 
 def skipped_measurements(cfg: RunConfig, variant_cls) -> dict[str, str]:
@@ -253,16 +301,19 @@ def validate(cfg: RunConfig, where: str) -> None:
     from variants.nets import ACTIVATIONS
 
     choices = {
-        "binarization": ("dynamic", "static", "none"),
+        "binarization": ("dynamic", "static", "threshold", "none"),
         "activation": tuple(ACTIVATIONS),
         "lr_schedule": tuple(LR_SCHEDULES),
         "gap_log_px": ("iwae", "max-iwae-ais"),
         "step_mode": ("eager", "compile", "cuda-graph"),
         "evaluate": ("test", "validation"),
+        "optimizer": OPTIMIZERS,
+        "prior_optimizer": ("", *OPTIMIZERS),
     }
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
-            raise ConfigError(f"{where}: {key} must be one of {', '.join(valid)}, got {getattr(cfg, key)!r}")
+            names = ", ".join(v or '""' for v in valid)
+            raise ConfigError(f"{where}: {key} must be one of {names}, got {getattr(cfg, key)!r}")
     positive = ("epochs", "batch_size", "k", "latent_dim", "val_k", "eval_k", "gap_size", "grad_draws", "grad_batch")
     for key in (*positive, "ais_chains", "ais_steps"):
         if getattr(cfg, key) < 1:
@@ -280,6 +331,7 @@ def validate(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: lr must be > 0, got {cfg.lr}")
     if not cfg.adam_eps > 0:
         raise ConfigError(f"{where}: adam_eps must be > 0, got {cfg.adam_eps}")
+    _validate_optimizer(cfg, where)
     if cfg.val_size < 0:
         raise ConfigError(f"{where}: val_size must be >= 0 (0 = the dataset's split), got {cfg.val_size}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
@@ -296,6 +348,11 @@ def validate(cfg: RunConfig, where: str) -> None:
     why = priors.unsupported(variants.get(cfg.variant), cfg.prior, cfg.variant_options)
     if why:
         raise ConfigError(f"{where}: {cfg.run_name}: {why}")
+    if cfg.prior_optimizer and not learned_prior(cfg, variants.get(cfg.variant)):
+        raise ConfigError(
+            f"{where}: {cfg.run_name}: prior_optimizer = {cfg.prior_optimizer!r} but the prior has no parameters "
+            f"(variant {cfg.variant!r} with prior = {cfg.prior!r}); a learned prior: prior = 'mog' or 'vamp', or a "
+            "variant that learns its own (bernoulli)")
     for o in cfg.grad_objectives:
         if o not in objectives.available():
             raise ConfigError(f"{where}: grad_objectives: unknown objective {o!r}; valid: {', '.join(objectives.available())}")
@@ -313,3 +370,29 @@ def validate(cfg: RunConfig, where: str) -> None:
             objectives.build(name, **opts)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{where} [objective_options.{name}]: {e}") from None
+
+
+def _validate_optimizer(cfg: RunConfig, where: str) -> None:
+    """The optimizer's and the schedule's keys: each one used only where it applies."""
+    if not 0 <= cfg.momentum < 1:
+        raise ConfigError(f"{where}: momentum must be in [0, 1), got {cfg.momentum}")
+    if cfg.momentum and cfg.optimizer not in WITH_MOMENTUM:
+        raise ConfigError(f"{where}: momentum = {cfg.momentum} applies to optimizer = {' or '.join(WITH_MOMENTUM)}, "
+                          f"not {cfg.optimizer!r} (Adam's moments are its betas)")
+    if not cfg.weight_decay >= 0:
+        raise ConfigError(f"{where}: weight_decay must be >= 0, got {cfg.weight_decay}")
+    if cfg.adam_eps != RunConfig.adam_eps and "adam" not in (cfg.optimizer, cfg.prior_optimizer):
+        raise ConfigError(f"{where}: adam_eps = {cfg.adam_eps} but no parameter is trained by Adam "
+                          f"(optimizer = {cfg.optimizer!r})")
+    if cfg.lr_schedule == "exponential":
+        if not (0 < cfg.lr_decay <= 1 and cfg.lr_decay_every >= 1):
+            raise ConfigError(f"{where}: lr_schedule = 'exponential' needs lr_decay in (0, 1] and lr_decay_every >= 1 "
+                              f"(steps), got {cfg.lr_decay} and {cfg.lr_decay_every} (Jang et al.'s notebook: 0.9, 1000)")
+    elif cfg.lr_decay or cfg.lr_decay_every:
+        raise ConfigError(f"{where}: lr_decay and lr_decay_every apply to lr_schedule = 'exponential', "
+                          f"not {cfg.lr_schedule!r}")
+    if cfg.prior_lr < 0:
+        raise ConfigError(f"{where}: prior_lr must be >= 0 (0 = lr), got {cfg.prior_lr}")
+    if cfg.prior_lr and not cfg.prior_optimizer:
+        raise ConfigError(f"{where}: prior_lr = {cfg.prior_lr} needs prior_optimizer "
+                          f"(one of {', '.join(OPTIMIZERS)}); without it the prior goes with the rest at lr")

@@ -8,6 +8,8 @@ Every dataset is ``[N, D]`` float32 (intensities in [0, 1] for images, real valu
   same binary images;
 * ``static``: the training set is binarized once too (fixed seed); on MNIST the two protocols
   differ by about 2 nats;
+* ``threshold``: every split thresholded, ``x = 1[intensity >= 0.5]`` (deterministic; the
+  official code of Cremer et al. 2018 binarizes Fashion-MNIST so);
 * ``none``: the intensities themselves, with a Gaussian likelihood.
 
 The fixed binarization is one draw per source file (the training pool, the test file), each with
@@ -55,7 +57,7 @@ class Dataset:
     val: Tensor  # [N_val, D]
     test: Tensor  # [N_test, D]
     x_shape: tuple[int, ...]
-    binarization: str  # dynamic | static | none
+    binarization: str  # dynamic | static | threshold | none
     source: str = ""
 
     @property
@@ -119,10 +121,12 @@ def load(
     if not 0 < n_val < len(pool):
         raise DatasetUnavailable(f"dataset {name!r}: val_size must be in 1..{len(pool) - 1}, got {n_val}")
     binary = pool_t
-    if binarization != "none":  # one draw per source file, each with its own generator
+    if binarization == "threshold":
+        binary, test_t = (pool_t >= 0.5).float(), (test_t >= 0.5).float()
+    elif binarization != "none":  # one draw per source file, each with its own generator
         binary = torch.bernoulli(pool_t, generator=torch.Generator().manual_seed(BINARIZATION_SEEDS["pool"]))
         test_t = torch.bernoulli(test_t, generator=torch.Generator().manual_seed(BINARIZATION_SEEDS["test"]))
-    source_train = binary if binarization == "static" else pool_t
+    source_train = binary if binarization in ("static", "threshold") else pool_t
     if name in _FIXED_VAL:
         train, val = source_train[:-n_val], binary[-n_val:].clone()
     else:

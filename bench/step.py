@@ -1,4 +1,5 @@
-"""One optimizer step on a batch: Adam, and the step of each ``step_mode`` (eager, compiled, captured).
+"""One optimizer step on a batch: the optimizer (Adam, SGD, Adagrad or RMSprop, and a learned prior's
+own), and the step of each ``step_mode`` (eager, compiled, captured).
 
 :func:`make_step` returns the run's step function, ``step(x, kl_weight) -> the bound summed over
 the batch`` (0-dim, on the device: no host sync): :func:`train_step` (``"eager"``),
@@ -15,31 +16,99 @@ import torch
 from torch import Tensor, nn
 
 from bench import objectives
-from bench.config import RunConfig, step_mode_unsupported
+from bench.config import OPTIMIZERS, RunConfig, step_mode_unsupported
 from bench.errors import ConfigError
 
 
-def make_optimizer(params, cfg: RunConfig, device: torch.device) -> torch.optim.Adam:
-    """Adam at ``cfg.lr`` with ``eps = cfg.adam_eps``, in the implementation that is fastest where
-    the run executes. CPU: the fused kernel (``fused=True``; measured for the 784-512-512-64 model's
-    1.4M parameters on this project's CPU, one thread: 1.4 ms a step against 4.4 ms for torch's
-    default for-loop and 5.8 ms for foreach). CUDA: torch's default there (foreach), which torch's
-    documentation recommends; ``capturable`` for ``step_mode = "cuda-graph"`` (the step counters on
-    the device, so that a replayed step reads and advances them). The update rule is the same."""
-    params = list(params)
-    if device.type == "cuda":
-        return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, capturable=cfg.step_mode == "cuda-graph")
-    return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+def make_optimizer(params, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg.optimizer`` at ``cfg.lr`` (``bench.config.RunConfig``: the update
+    rules and ``weight_decay``). ``params``: the parameters, or the model itself; then, with
+    ``cfg.prior_optimizer`` set, the prior's parameters (``model.prior_parameters()``) get an
+    optimizer of their own at ``cfg.prior_lr`` and the result is a :class:`PriorSplit`.
+
+    Adam is built in the implementation that is fastest where the run executes. CPU: the fused
+    kernel (``fused=True``; measured for the 784-512-512-64 model's 1.4M parameters on this
+    project's CPU, one thread: 1.4 ms a step against 4.4 ms for torch's default for-loop and 5.8 ms
+    for foreach). CUDA: torch's default there (foreach), which torch's documentation recommends;
+    ``capturable`` for ``step_mode = "cuda-graph"`` (the step counters on the device, so that a
+    replayed step reads and advances them). The update rule is the same. SGD, Adagrad and RMSprop
+    are torch's, in its default implementation (foreach on CUDA, the for-loop on CPU)."""
+    if isinstance(params, nn.Module) and cfg.prior_optimizer:
+        prior = params.prior_parameters()
+        ids = {id(p) for p in prior}
+        rest = [p for p in params.parameters() if id(p) not in ids]
+        return PriorSplit(_optimizer(cfg.optimizer, rest, cfg, device),
+                          _optimizer(cfg.prior_optimizer, prior, cfg, device, lr=cfg.prior_lr or cfg.lr, plain=True))
+    if cfg.prior_optimizer:
+        raise ValueError("make_optimizer: prior_optimizer is set: pass the model, whose prior_parameters() it trains")
+    params = params.parameters() if isinstance(params, nn.Module) else params
+    return _optimizer(cfg.optimizer, list(params), cfg, device)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Every parameter group's learning rate := ``lr``; in place where it is a tensor (a captured
-    step reads that tensor, :class:`CapturedStep`)."""
-    for group in optimizer.param_groups:
+def _optimizer(name: str, params: list, cfg: RunConfig, device: torch.device, lr: float | None = None,
+               plain: bool = False) -> torch.optim.Optimizer:
+    """Optimizer ``name`` over ``params`` at ``lr`` (``cfg.lr``) with the config's momentum and
+    weight decay, or torch's defaults for them where ``plain`` (a prior's own optimizer)."""
+    lr = cfg.lr if lr is None else lr
+    wd, momentum = (0.0, 0.0) if plain else (cfg.weight_decay, cfg.momentum)
+    if name == "adam":
+        if device.type == "cuda":
+            return torch.optim.Adam(params, lr=lr, eps=cfg.adam_eps, weight_decay=wd,
+                                    capturable=cfg.step_mode == "cuda-graph")
+        return torch.optim.Adam(params, lr=lr, eps=cfg.adam_eps, weight_decay=wd, fused=True)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=wd)
+    raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+
+
+class PriorSplit:
+    """Two optimizers behind the one interface the loop, the step modes and the checkpoints use
+    (``step``, ``zero_grad``, ``param_groups``, ``state_dict``, ``load_state_dict``): ``model``
+    over every parameter but the prior's, ``prior`` over the prior's (``prior_optimizer``).
+    ``param_groups`` lists the model's groups first, then the prior's."""
+
+    def __init__(self, model: torch.optim.Optimizer, prior: torch.optim.Optimizer):
+        self.model, self.prior = model, prior
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.model.param_groups + self.prior.param_groups
+
+    def step(self) -> None:
+        self.model.step()
+        self.prior.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.model.zero_grad(set_to_none=set_to_none)
+        self.prior.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "prior": self.prior.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.prior.load_state_dict(state["prior"])
+
+
+def base_lrs(optimizer) -> list[float]:
+    """Each parameter group's learning rate as built (before any schedule): what a schedule scales."""
+    return [float(group["lr"]) for group in optimizer.param_groups]
+
+
+def set_lr(optimizer, lr: float | list[float]) -> None:
+    """Every parameter group's learning rate := ``lr`` (a list: one per group, in the order of
+    ``optimizer.param_groups``); in place where it is a tensor (a captured step reads that tensor,
+    :class:`CapturedStep`)."""
+    lrs = lr if isinstance(lr, list) else [lr] * len(optimizer.param_groups)
+    for group, value in zip(optimizer.param_groups, lrs, strict=True):
         if isinstance(group["lr"], Tensor):
-            group["lr"].fill_(lr)
+            group["lr"].fill_(value)
         else:
-            group["lr"] = lr
+            group["lr"] = value
 
 
 def train_step(
@@ -84,7 +153,8 @@ def _eager_step(model, objective, optimizer, k, own_optimizer, x: Tensor, kl_wei
 
 class CompiledStep:
     """``step_mode = "compile"``: the objective's forward compiled by ``torch.compile`` (inductor),
-    and with it, through AOTAutograd, its backward; Adam eager (:func:`make_optimizer`).
+    and with it, through AOTAutograd, its backward; the optimizer eager (:func:`make_optimizer`,
+    any of them).
 
     Inductor runs with ``fallback_random``: its random ops are eager's, drawing from the same
     generators in the same order, so a compiled run has the same noise as an eager one and its

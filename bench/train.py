@@ -1,6 +1,7 @@
 """The training loop: one function, read top to bottom (nanoGPT's ``train.py`` is the model).
 
-``run(cfg, data, log)`` builds the variant, trains it with Adam on the objective's surrogate,
+``run(cfg, data, log)`` builds the variant, trains it with the config's optimizer (Adam by
+default; ``bench.step.make_optimizer``) and learning-rate schedule on the objective's surrogate,
 evaluates every epoch and at the end, and hands every number to ``log(metrics, step)``; it knows
 nothing of MLflow. What it logs, and when, is the metric vocabulary (``bench.vocabulary``, the
 reference docs/metrics.md): per epoch (step = epoch) ``train/loss`` (= -training bound, averaged over
@@ -37,8 +38,8 @@ from bench import checkpoint, config, metrics, objectives, vocabulary
 from bench.config import RunConfig
 from bench.data import Dataset
 from bench.errors import ConfigError, NonFiniteLoss
-from bench.schedules import LR_SCHEDULES, kl_weight
-from bench.step import make_optimizer, make_step, set_lr
+from bench.schedules import LR_SCHEDULES, PER_STEP, kl_weight
+from bench.step import base_lrs, make_optimizer, make_step, set_lr
 from variants import priors
 from variants.base import Decoder
 
@@ -265,8 +266,12 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, on_epoch: EpochFn | None = No
     if isinstance(objective, nn.Module):  # a trainable objective: its parameters, its optimizer
         objective.to(device)
         own_optimizer = objective.optimizer(cfg.lr)
-    optimizer = make_optimizer(model.parameters(), cfg, device)
+    optimizer = make_optimizer(model, cfg, device)  # a learned prior's own optimizer too (prior_optimizer)
     step_fn = make_step(cfg, model, objective, optimizer, own_optimizer, device)
+    schedule, bases = LR_SCHEDULES[cfg.lr_schedule], base_lrs(optimizer)
+
+    def lrs(epoch: int, step: int) -> list[float]:  # each parameter group's rate at this step
+        return [schedule(base, epoch, step, cfg) for base in bases]
     skip = config.skipped_measurements(cfg, type(model))
 
     train = data.train[: cfg.train_size] if cfg.train_size else data.train
@@ -281,16 +286,21 @@ def run(cfg: RunConfig, data: Dataset, log: LogFn, on_epoch: EpochFn | None = No
                                                                      own_optimizer)
     for epoch in range(done + 1, cfg.epochs + 1):
         model.train()
-        set_lr(optimizer, LR_SCHEDULES[cfg.lr_schedule](cfg.lr, epoch))
+        lr_now = lrs(epoch, step)
+        set_lr(optimizer, lr_now)
         x_epoch = data.train_epoch(gen)[: cfg.train_size or None]
-        perm = torch.randperm(n, device=device, generator=gen)
+        # shuffle = false: minibatches in the training split's order (Burda et al.'s code)
+        perm = torch.randperm(n, device=device, generator=gen) if cfg.shuffle else None
         total = torch.zeros((), device=device)
         sync(device)
         t0 = time.perf_counter()
         for i in range(0, n, bs):
             model.on_train_step(step)
+            if cfg.lr_schedule in PER_STEP and (lr := lrs(epoch, step)) != lr_now:  # host floats: no sync
+                set_lr(optimizer, lr)
+                lr_now = lr
             beta = kl_weight(step, cfg.kl_warmup_epochs, math.ceil(n / bs))
-            total += step_fn(x_epoch[perm[i : i + bs]], beta)
+            total += step_fn(x_epoch[perm[i : i + bs]] if perm is not None else x_epoch[i : i + bs], beta)
             step += 1
         sync(device)
         dt = time.perf_counter() - t0

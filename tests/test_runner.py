@@ -77,7 +77,8 @@ def test_every_shipped_suite_has_one_run_per_key():
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
-def _small(variant: str) -> RunConfig:
+def _small(case: str) -> RunConfig:
+    variant, _, optimizer = case.partition("+")
     cfg = RunConfig(variant=variant, epochs=4, train_size=200, test_size=40, hidden=[16], latent_dim=4,
                     batch_size=50, val_k=2, eval_k=16, gap_epochs=[2], gap_size=10, gap_steps=5, gap_k=16,
                     grad_epochs=[3], grad_draws=3, grad_batch=8, threads=1)
@@ -87,8 +88,13 @@ def _small(variant: str) -> RunConfig:
     cfg.objective, cfg.k = cls.default_objective, cls.default_k
     if variant == "gumbel-softmax":  # a temperature that anneals within these 16 steps: the step counter matters
         cfg.variant_options = {"anneal_rate": 0.1, "anneal_every": 2}
-    if variant == "bernoulli":  # a trainable estimator (its own network and optimizer) under a KL warm-up
+    if variant == "bernoulli" and not optimizer:  # a trainable estimator (its own network and optimizer) under a KL warm-up
         cfg.objective, cfg.kl_warmup_epochs = "nvil", 3
+    if optimizer == "sgd":  # momentum buffers in the optimizer's state; a rate that decays mid-epoch (4 steps an epoch)
+        cfg.optimizer, cfg.momentum, cfg.lr = "sgd", 0.9, 1e-2
+        cfg.lr_schedule, cfg.lr_decay, cfg.lr_decay_every = "exponential", 0.5, 3
+    if optimizer == "prior-sgd":  # DisARM's setting: the prior's logits on their own SGD, the rest on Adam
+        cfg.prior_optimizer, cfg.prior_lr = "sgd", 1e-2
     return cfg
 
 
@@ -96,13 +102,15 @@ def _numbers(logged: dict) -> dict:
     return {s: {k: v for k, v in m.items() if not k.startswith(TIMINGS)} for s, m in logged.items()}
 
 
-@pytest.mark.parametrize("variant", ["vanilla", "gumbel-softmax", "bernoulli"])
+@pytest.mark.parametrize("variant", ["vanilla", "gumbel-softmax", "bernoulli", "vanilla+sgd", "bernoulli+prior-sgd"])
 def test_a_run_resumed_from_its_checkpoint_is_bit_for_bit_the_uninterrupted_run(variant):
     """Train 4 epochs, checkpointing each; resume from epoch 2's checkpoint (serialized, loaded
     weights-only) in a process state scrambled by another seed: epochs 3, 4 and the final
     metrics are identical. Without the global generator's or the training generator's state
     (the power check) they are not; nor, for a trainable estimator (NVIL on ``bernoulli``),
-    without its own state and optimizer's."""
+    without its own state and optimizer's. The same with SGD + momentum under the exponential
+    schedule (without the momentum buffers, or at step 0 of the schedule, not), and with the
+    Bernoulli prior's logits on an SGD of their own (``prior_optimizer``)."""
     cfg, ds = _small(variant), data.load("digits")
     full, saved = {}, {}
 
@@ -127,10 +135,15 @@ def test_a_run_resumed_from_its_checkpoint_is_bit_for_bit_the_uninterrupted_run(
     other = torch.Generator().manual_seed(1)
     assert _numbers(resume(torch_rng=other.get_state()))[4] != _numbers(full)[4]
     assert _numbers(resume(generator=other.get_state()))[4] != _numbers(full)[4]
-    if variant in ("gumbel-softmax", "bernoulli"):  # the temperature / the KL warm-up follow the step
+    if variant in ("gumbel-softmax", "bernoulli", "vanilla+sgd"):  # the temperature / the KL warm-up / the lr follow the step
         assert _numbers(resume(step=0))[4] != _numbers(full)[4]
     if variant == "bernoulli":
         assert _numbers(resume(objective={}, objective_optimizer={}))[4] != _numbers(full)[4]
+    if variant == "vanilla+sgd":
+        opt = torch.load(io.BytesIO(saved[2]), weights_only=True)["optimizer"]
+        assert _numbers(resume(optimizer=opt | {"state": {}}))[4] != _numbers(full)[4]
+    if variant == "bernoulli+prior-sgd":
+        assert set(torch.load(io.BytesIO(saved[2]), weights_only=True)["optimizer"]) == {"model", "prior"}
 
 
 def test_logger_keeps_each_step_once(store):

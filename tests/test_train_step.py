@@ -226,12 +226,14 @@ def _compiler() -> str | None:
 @pytest.mark.slow
 @pytest.mark.skipif(_compiler() is None and os.environ.get("CI") != "true",
                     reason="torch.compile on CPU needs a C++ compiler (g++, clang++ or $CXX); under CI=true it fails instead")
-def test_the_compiled_step_equals_the_eager_one():
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_compiled_step_equals_the_eager_one(optimizer):
     """``step_mode = "compile"`` against ``"eager"`` from the same weights and seed, 8 steps of
     ``vanilla``/``elbo`` on batches of two shapes, under a KL warm-up (a tensor weight) and after
     it: the same bounds within 1e-5 relative and the same parameters within 1e-6 (float32; Adam
-    moves each by ~1e-3 a step). The power check: the eager step from another seed differs by far
-    more (the compiled step draws eager's noise)."""
+    moves each by ~1e-3 a step), with Adam and with SGD + momentum (the optimizer runs eagerly
+    after the compiled forward and backward). The power check: the eager step from another seed
+    differs by far more (the compiled step draws eager's noise)."""
     torch.manual_seed(0)
     base = variants.build("vanilla", x_shape=(16,), latent_dim=4, hidden=(16,))
     x = (torch.rand(24, 16) > 0.5).float()
@@ -239,7 +241,8 @@ def test_the_compiled_step_equals_the_eager_one():
 
     def trajectory(mode: str, seed: int):
         model = copy.deepcopy(base)
-        cfg = RunConfig(objective="elbo", k=2, step_mode=mode)
+        cfg = RunConfig(objective="elbo", k=2, step_mode=mode, optimizer=optimizer,
+                        **({"lr": 0.05, "momentum": 0.9} if optimizer == "sgd" else {}))
         opt = steps.make_optimizer(model.parameters(), cfg, torch.device("cpu"))
         step = steps.make_step(cfg, model, objectives.build("elbo"), opt, None, torch.device("cpu"))
         torch.manual_seed(seed)

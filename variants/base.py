@@ -148,6 +148,9 @@ class VAE(nn.Module):
       attached, ``self.latent_prior`` holds it (``None``: the variant's own prior) and the variant
       reads ``log p(z_top)`` from :meth:`log_top_prior` and ``p(z_top)`` from :meth:`top_prior`;
       ``"vamp"`` also needs :meth:`vamp_components`.
+    * ``prior_parameter_names``: the attributes holding the variant's own learned prior's
+      parameters (``bernoulli``: ``prior_logits``); :meth:`prior_parameters` returns them with an
+      attached prior's (what the config's ``prior_optimizer`` trains).
     """
 
     name: ClassVar[str] = "?"
@@ -161,6 +164,7 @@ class VAE(nn.Module):
     deterministic_q: ClassVar[bool] = False
     not_applicable: ClassVar[dict[str, str]] = {}
     learned_priors: ClassVar[frozenset[str]] = frozenset()
+    prior_parameter_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, x_shape: tuple[int, ...], likelihood: str) -> None:
         super().__init__()
@@ -233,6 +237,13 @@ class VAE(nn.Module):
         """Called by the training loop before every optimizer step (``step`` counts from 0).
 
         Schedules that belong to the model live here (the Gumbel-softmax temperature)."""
+
+    def prior_parameters(self) -> list[nn.Parameter]:
+        """The parameters of ``p(z)``: the variant's own (``prior_parameter_names``) and those of
+        the attached ``latent_prior`` (``variants.priors``); ``[]`` for a fixed prior. (A
+        VampPrior's components also depend on the encoder, which stays with the rest.)"""
+        own = [getattr(self, name) for name in self.prior_parameter_names]
+        return own + (list(self.latent_prior.parameters()) if self.latent_prior is not None else [])
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``{"encoder": [...], "decoder": [...]}``: inference vs generative parameters.

@@ -74,6 +74,7 @@ class BernoulliVAE(AnnealedTemperature, VAE):
     default_objective = "disarm"
     default_k = 1
     local_objective = "disarm"  # free logits: the lowest-variance unbiased estimator here
+    prior_parameter_names = ("prior_logits",)
 
     def __init__(
         self,
