@@ -34,9 +34,16 @@ from bench.run.plan import Options, RemeasureOptions
 
 
 def cmd_run(args) -> int:
-    from bench.run import runner
+    from bench.run import plan, runner, search
+    from bench.run.executors import start_fork_server
 
-    return runner.main(Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options)}))
+    opts = Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options)})
+    if opts.executor == "local" and opts.jobs != "1":
+        start_fork_server()  # first: its imports overlap the planning
+    planned = plan.plan(opts)
+    if planned[0].search is not None:  # tuned cells: trials on validation, then the selected settings
+        return search.main(opts, *planned)
+    return runner.main(opts, planned)
 
 
 def cmd_remeasure(args) -> int:

@@ -1,22 +1,18 @@
 """The report of a searched suite's tuning (``bench.run.search``): the budget each cell spent, the
-setting it selected on validation with its score, the final seeds' test numbers, and the expected
-best validation score against the number of trials (Dodge et al. 2019, ``bench.tuning``).
+setting it selected on validation with its score, and the final seeds' test numbers (its figure,
+the expected best validation score against the number of trials, is ``tuning.png`` in
+``bench.plots.figures``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 
-import numpy as np
 import pandas as pd
 
 from bench import vocabulary
-from bench.plots.figures import Context, end_labels, figure
 from bench.plots.store import values
-from bench.plots.style import WIDTH, estimator_color
 from bench.store.tracking import TAG_SEARCH_CELL, TAG_SEARCH_PRUNED, TAG_SEARCH_TRIAL
-from bench.tuning import expected_max
 
 
 def search_spec(suite: str, tracking_uri: str | None = None):
@@ -112,54 +108,3 @@ def tuning_section(finals: pd.DataFrame, trials: pd.DataFrame, spec) -> list[str
     out += ["", "The trials' own runs are in the store (tag `vaebench.search.cell`), beside the study of each cell; "
             "`runs.csv` holds the final runs only.", ""]
     return out
-
-
-@figure("tuning.png", "Expected best validation score against the tuning budget",
-        "Dodge et al. (2019)'s expected maximum: for each cell, the expected best validation score among n trials "
-        "drawn from the trials this search ran (their empirical distribution), with ± one sd as a band, for n from 1 "
-        "to the budget. A ranking of estimators that holds at every n does not depend on the budget; curves that "
-        "cross say it does. Only the trials that trained to the end count (with a pruner, the pruned ones are left "
-        "out, so the curve describes the trials successive halving let through).")
-def tuning_curve(ctx: Context):
-    import matplotlib.pyplot as plt
-
-    trials = ctx.trials
-    if trials is None or trials.empty:
-        return None
-    spec = search_spec(ctx.suite, ctx.tracking_uri)
-    metric = spec.metric if spec is not None else "val/elbo"
-    m = vocabulary.get(metric)
-    higher = m.direction == vocabulary.HIGHER
-    done = trials[completed(trials)]
-    curves = {}
-    for cell, t in done.groupby("cell"):
-        v = [x for x in values(t, metric) if math.isfinite(x)]
-        if len(v) >= 2:
-            curves[cell] = expected_max(v, len(trials[trials["cell"] == cell]), higher)
-    if not curves:
-        ctx.notes.append("the tuning figure needs two or more completed trials in a cell: not drawn")
-        return None
-    datasets = sorted({c.split("/")[2].split(" ")[0] for c in curves})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(WIDTH, 3.6), squeeze=False)
-    labels = []
-    for ax, ds in zip(axes[0], datasets):
-        items = []
-        for i, (cell, curve) in enumerate(sorted(curves.items())):
-            if cell.split("/")[2].split(" ")[0] != ds:
-                continue
-            n = np.arange(1, len(curve) + 1)
-            mean = np.array([c[0] for c in curve])
-            sd = np.array([c[1] for c in curve])
-            color = estimator_color(i)
-            ax.plot(n, mean, color=color, lw=1.6)
-            ax.fill_between(n, mean - sd, mean + sd, color=color, alpha=0.15, lw=0)
-            items.append((n[-1], mean[-1], cell.rsplit("/", 1)[0], color))
-        ax.set_title(ds)
-        ax.set_xlabel("trials (budget)")
-        ax.set_ylabel(f"expected best {m.label} ({m.unit})")
-        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-        labels.append((ax, items))
-    fig.tight_layout(rect=(0, 0, 0.85, 1))
-    for ax, items in labels:
-        end_labels(ax, items)
-    return fig

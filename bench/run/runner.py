@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 
+from bench.errors import BenchError
 from bench.run import plan as planning
 from bench.run import worker
 from bench.run.executors import make_executor, start_fork_server
@@ -234,16 +235,15 @@ def _print_summary(planned: list[Planned], seconds: float) -> None:
     print(f"suite time {seconds:.1f} s", file=sys.stderr)
 
 
-def main(opts: Options) -> int:
-    """``python -m bench run``: plan, claim, execute, summarize; the exit code."""
-    if opts.executor == "local" and opts.jobs != "1":
+def main(opts: Options, planned_suite: tuple | None = None) -> int:
+    """``python -m bench run`` of a suite without a ``[search]`` table (``bench.cli`` sends a
+    searched one to ``bench.run.search``): plan (unless ``planned_suite``, ``plan.plan``'s result,
+    is given), claim, execute, summarize; the exit code."""
+    if planned_suite is None and opts.executor == "local" and opts.jobs != "1":
         start_fork_server()
-    suite, planned, loaded = planning.plan(opts)
-    if suite.search is not None:  # tuned cells: trials on validation, then the selected settings
-        from bench.run import search
-
-        worker.preload(loaded)
-        return search.main(opts, suite, planned, loaded)
+    suite, planned, loaded = planned_suite or planning.plan(opts)
+    if suite.search is not None:
+        raise BenchError(f"suite {suite.name!r} has a [search] table: run it with python -m bench run (bench.run.search)")
     box: list[Invocation] = []
     ex = make_executor(opts, planned, lambda *a: box[0].on_progress(*a) if box else None)
     try:

@@ -434,7 +434,10 @@ class Search:
 
 
 def main(opts: Options, suite: Suite, planned: list[Planned], loaded: dict) -> int:
-    """``python -m bench run`` on a suite with a ``[search]`` table."""
+    """``python -m bench run`` on a suite with a ``[search]`` table (planned by ``plan.plan``)."""
+    from bench.run import worker
+
     if suite.search is None:
         raise BenchError(f"suite {suite.name!r} has no [search] table")
+    worker.preload(loaded)  # the driver's own runs reuse them
     return Search(opts, suite, planned, loaded).run()
