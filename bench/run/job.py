@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 
 from bench.config import RunConfig
+from bench.plugins import Plugins
 
 MEASUREMENTS = ("grad", "gaps", "log_px", "ais", "active_units")  # what a remeasure job can recompute
 
@@ -27,6 +28,7 @@ class Job:
     kind: str = "train"  # train | remeasure (bench.run.remeasure: final measurements of a FINISHED run)
     measurements: tuple[str, ...] = ()  # remeasure: which (bench.run.remeasure_job.MEASUREMENTS)
     commit: str = ""  # remeasure: the driver's git describe, the run's vaebench.remeasured.commit
+    plugins: Plugins = Plugins()  # the plugin modules the worker imports first (bench.plugins.ensure)
 
 
 @dataclass

@@ -97,7 +97,7 @@ class Invocation:
         run = self.ledger.tracker.client.get_run(p.run_id)
         job = Job(uri=self.ledger.uri, run_id=p.run_id, attempt=run.data.tags[tracking.TAG_ATTEMPT], run_key=p.key,
                   run_name=p.name, cfg=dataclasses.replace(p.cfg, device=p.device), threads=p.threads,
-                  checkpoint_every=self.opts.checkpoint_every)
+                  checkpoint_every=self.opts.checkpoint_every, plugins=self.suite.plugins)
         slurm_id = self.ex.submit(job, p.cpus, p.gpus)
         if slurm_id:
             self.ledger.tracker.set_tags(p.run_id, {tracking.TAG_SLURM_JOB: slurm_id})
@@ -236,7 +236,7 @@ def main(opts: Options) -> int:
         start_fork_server()
     suite, planned, loaded = planning.plan(opts)
     box: list[Invocation] = []
-    ex = make_executor(opts, planned, lambda *a: box[0].on_progress(*a) if box else None)
+    ex = make_executor(opts, planned, lambda *a: box[0].on_progress(*a) if box else None, suite.plugins)
     try:
         planning.identify(planned)
         worker.preload(loaded)  # the driver's own runs reuse them
