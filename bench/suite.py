@@ -3,13 +3,16 @@
 A suite is a TOML file (``bench/suites/<name>.toml``, or any path)::
 
     description = "one line"
+    plugins = ["mylab.vaes"]       # optional: modules to import first (they register variants,
+                                   # objectives, datasets; bench.plugins)
     [defaults]                     # RunConfig keys shared by every run
     epochs = 5
     [[grid]]                       # every combination of the lists is one child run
     variants = ["vanilla", "iwae"] # or "*" for every registered variant (minus `exclude`)
     exclude = ["linear-gaussian"]  # optional, with "*"
     objectives = ["elbo"]          # optional; default: each variant's default objective
-    datasets = ["digits"]
+    datasets = ["digits"]          # or "npz:path/to/file.npz" (bench.data.read_npz; relative to
+                                   # the working directory)
     seeds = [0, 1, 2]
     [grid.set]                     # optional RunConfig keys for this grid only
     k = 5
@@ -56,6 +59,7 @@ from bench import data as datasets
 from bench import objectives
 from bench.config import FIELDS, GRID_KEYS, PLACEMENT, SETTABLE, RunConfig, coerce, validate
 from bench.errors import ConfigError
+from bench.plugins import Plugins, import_modules
 
 SUITES_DIR = Path(__file__).parent / "suites"
 
@@ -139,6 +143,7 @@ class Suite:
     runs: list[RunConfig]
     published: Published | None = None
     search: SearchSpec | None = None
+    plugins: Plugins = Plugins()  # the modules imported for it (--plugin and the file's plugins), for the workers
 
 
 def suite_path(name_or_path: str) -> Path:
@@ -298,13 +303,21 @@ def load_published(name_or_path: str) -> Published | None:
     return parse_published(doc["published"], str(path)) if "published" in doc else None
 
 
-def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) -> Suite:
-    """Read a suite and expand it into run configs with the overrides applied (all validated)."""
+def load_suite(name_or_path: str, overrides: dict[str, object] | None = None, plugins: list[str] | tuple[str, ...] = ()) -> Suite:
+    """Read a suite and expand it into run configs with the overrides applied (all validated).
+    ``plugins`` (``--plugin``) and then the file's ``plugins`` are imported before any name is
+    checked."""
     overrides = dict(overrides or {})
     path, doc = _read_suite_file(name_or_path)
     where = str(path)
-    _check_keys(doc, ("description", "defaults", "grid", "variant_options", "objective_options", "published", "search"),
+    _check_keys(doc, ("description", "plugins", "defaults", "grid", "variant_options", "objective_options", "published",
+                      "search"),
                 where)
+    loaded = import_modules(plugins, "--plugin")
+    file_plugins = doc.get("plugins", [])
+    if not isinstance(file_plugins, list):
+        raise ConfigError(f"{where}: plugins must be a list of module names, got {file_plugins!r}")
+    loaded = import_modules(file_plugins, f"{where} plugins", loaded)
     published = parse_published(doc["published"], where) if "published" in doc else None
     search = parse_search(doc["search"], where) if "search" in doc else None
     base: dict[str, object] = {}
@@ -329,6 +342,8 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) ->
         raise ConfigError(f"{where}: a suite needs at least one [[grid]]")
 
     filters = {k: overrides.pop(k) for k in ("variants", "objectives", "datasets") if k in overrides}
+    if "datasets" in filters:
+        filters["datasets"] = [_absolute_npz(d) for d in filters["datasets"]]
     seeds_override = overrides.pop("seeds", None)
     if search is not None and seeds_override is not None:  # a searched suite's seeds are its final runs'
         search.final_seeds, seeds_override = list(seeds_override), None
@@ -344,10 +359,11 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) ->
         for v in names:
             if v not in variants.available():
                 _unknown_variant(v, gwhere)
-        dsets = _names(g, "datasets", ["digits"], gwhere)
+        dsets = [_absolute_npz(d) for d in _names(g, "datasets", ["digits"], gwhere)]
         for d in dsets:
-            if d not in datasets.available():
-                raise ConfigError(f"{gwhere}: unknown dataset {d!r}; valid: {', '.join(datasets.available())}")
+            if not datasets.known(d):
+                raise ConfigError(f"{gwhere}: unknown dataset {d!r}; valid: {', '.join(datasets.available())}, "
+                                  "or npz:PATH (a file of named splits)")
         if search is not None and "seeds" in g:
             raise ConfigError(f"{gwhere}: with a [search] table the grid has no seeds: the trials train with "
                               "[search] seed and the selected setting with final_seeds")
@@ -384,7 +400,15 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None) ->
     for r in runs:
         validate(r, where)
     return Suite(name=path.stem, path=path, description=str(doc.get("description", "")), runs=runs,
-                 published=published, search=search)
+                 published=published, search=search, plugins=loaded)
+
+
+def _absolute_npz(name: str) -> str:
+    """``npz:PATH`` with PATH made absolute (from the working directory), so that every worker
+    reads the same file; other names unchanged."""
+    if not name.startswith(datasets.NPZ):
+        return name
+    return datasets.NPZ + str(Path(name.removeprefix(datasets.NPZ)).expanduser().resolve())
 
 
 def _names(table: dict, key: str, default: list[str], where: str) -> list[str]:

@@ -65,8 +65,11 @@ def readme_code(monkeypatch):
     from bench.objectives import registry as objective_registry
     from variants import registry as variant_registry
 
-    monkeypatch.setattr(variant_registry, "_REGISTRY", dict(variant_registry._REGISTRY))
-    monkeypatch.setattr(objective_registry, "_REGISTRY", dict(objective_registry._REGISTRY))
+    for registry in (variant_registry, objective_registry):  # the dict and the plugins' record of it
+        fresh = dict(registry._REGISTRY)
+        monkeypatch.setattr(registry, "_REGISTRY", fresh)
+        monkeypatch.setattr(registry.PROVENANCE, "registry", fresh)
+        monkeypatch.setattr(registry.PROVENANCE, "sources", dict(registry.PROVENANCE.sources))
     namespace: dict = {}
     for block in _blocks("python"):
         exec(compile(block, "README.md", "exec"), namespace)

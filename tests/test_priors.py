@@ -378,7 +378,7 @@ def test_bench_list_shows_the_priors(capsys):
 
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
-    section = out[out.index("priors"):out.index("datasets:")]
+    section = out[out.index("\npriors"):out.index("\ndatasets")]
     for line in ("  mog ", "  vamp ", "  standard "):
         assert line in section
     mog = section[section.index("  mog "):section.index("  vamp ")]

@@ -2,7 +2,10 @@
 
 ``available()`` lists the names, ``build(name, **config)`` constructs one. Variants register
 themselves when their module is imported; ``variants/__init__.py`` imports every module of the
-package, so adding a variant is adding a file.
+package, so adding a variant is adding a file. Variants from outside the repository come in
+through the entry-point group ``vaebench.variants`` (loaded when their name is first resolved) or
+a plugin module that uses the decorator; :data:`PROVENANCE` (``variants.plugins``) records where
+each name comes from and refuses clashes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from torch import nn
+
+from variants.plugins import Provenance
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
 
@@ -33,22 +38,32 @@ def register(name: str) -> Callable[[T], T]:
     """Class decorator: ``@register("vanilla")`` makes the class buildable by that name."""
 
     def deco(cls: T) -> T:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"variant {name!r} registered twice ({_REGISTRY[name]} and {cls})")
-        _REGISTRY[name] = cls
-        cls.name = name
+        if PROVENANCE.claim(name, cls):
+            _REGISTRY[name] = cls
+            cls.name = name
         return cls
 
     return deco
 
 
+PROVENANCE = Provenance("variant", "vaebench.variants", "variants.", _REGISTRY, lambda name, cls: register(name)(cls))
+
+
 def available() -> list[str]:
-    """Registered variant names, sorted."""
-    return sorted(_REGISTRY)
+    """Variant names, sorted: the registered ones and those of ``vaebench.variants`` entry points."""
+    return sorted(PROVENANCE.names())
+
+
+def source(name: str) -> str:
+    """Where ``name`` comes from: ``built-in``, ``entry point DIST:MODULE`` or ``plugin module MODULE``."""
+    get(name)
+    return PROVENANCE.sources[name]
 
 
 def get(name: str) -> type[nn.Module]:
-    """The class registered under ``name``; an unknown name lists the valid ones."""
+    """The class registered under ``name`` (an entry point's is imported here, the first time);
+    an unknown name lists the valid ones."""
+    PROVENANCE.load(name)
     try:
         return _REGISTRY[name]
     except KeyError:

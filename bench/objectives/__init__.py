@@ -25,6 +25,7 @@ from bench.objectives.registry import (
     gradients,
     own_parameters,
     register,
+    source,
     spec,
 )
 
@@ -48,5 +49,6 @@ __all__ = [
     "gradients",
     "own_parameters",
     "register",
+    "source",
     "spec",
 ]

@@ -35,6 +35,11 @@ needs (``variants.base.MODES``), the latent kinds it is meant for, and what else
 variant (``needs``: attributes or methods the variant class must have, e.g. ``binary_terms``, the
 log-weight terms at given binary codes); it applies to a variant whose ``modes`` contain its modes,
 whose ``latent`` is among its kinds and that has everything it ``needs``.
+
+Objectives from outside the repository: a module that registers with :func:`register` (imported
+by ``--plugin`` or a suite's ``plugins``), or an entry point in the group ``vaebench.objectives``
+whose module does (``name = "pkg.module:function"``); :data:`PROVENANCE` (``variants.plugins``)
+records each name's source and refuses clashes.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from variants.plugins import Provenance
 
 
 @dataclass
@@ -119,8 +126,8 @@ def register(
     """
 
     def deco(fn):
-        if name in _REGISTRY:
-            raise ValueError(f"objective {name!r} registered twice")
+        if not PROVENANCE.claim(name, fn):
+            return fn
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         _REGISTRY[name] = ObjectiveSpec(
             name, fn, frozenset(modes), frozenset(latents), summary, tuple(needs), warmup
@@ -130,11 +137,22 @@ def register(
     return deco
 
 
+PROVENANCE = Provenance("objective", "vaebench.objectives", "bench.objectives.", _REGISTRY, None, lambda s: s.factory)
+
+
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    """Objective names, sorted: the registered ones and those of ``vaebench.objectives`` entry points."""
+    return sorted(PROVENANCE.names())
+
+
+def source(name: str) -> str:
+    """Where ``name`` comes from: ``built-in``, ``entry point DIST:MODULE`` or ``plugin module MODULE``."""
+    spec(name)
+    return PROVENANCE.sources[name]
 
 
 def spec(name: str) -> ObjectiveSpec:
+    PROVENANCE.load(name)  # an entry point's module is imported the first time its name is resolved
     try:
         return _REGISTRY[name]
     except KeyError:

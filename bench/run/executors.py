@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass
 
 from bench.errors import BenchError, ConfigError
+from bench.plugins import NO_PLUGINS, Plugins, ensure, ray_modules
 from bench.run import remeasure_job, worker
 from bench.run.job import Job, Outcome, request_stop
 from bench.run.plan import Options, Planned
@@ -48,6 +49,10 @@ from bench.run.plan import Options, Planned
 def execute(job: Job, progress=None) -> Outcome:
     """Run ``job`` in this process, as every executor does: a training run (``bench.run.worker``)
     or, for a job of kind ``"remeasure"``, a re-measure of a FINISHED run (``bench.run.remeasure_job``)."""
+    try:
+        ensure(job.plugins)  # before anything resolves a variant, objective or dataset name
+    except BenchError as e:
+        return Outcome(job.run_id, "FAILED", error=str(e), marked=False)
     if job.kind == "remeasure":
         return remeasure_job.execute(job)
     return worker.execute(job, progress)
@@ -273,7 +278,7 @@ class RayTasks:
 
     name, remote = "ray", True
 
-    def __init__(self, address: str | None, jobs: int | None) -> None:
+    def __init__(self, address: str | None, jobs: int | None, plugins: Plugins = NO_PLUGINS) -> None:
         try:
             import ray
         except ImportError:
@@ -283,11 +288,12 @@ class RayTasks:
         self._own = not ray.is_initialized()
         if self._own:
             kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-            if address:  # a cluster elsewhere: ship this checkout's code to its workers
+            if address:  # a cluster elsewhere: ship this checkout's code and the plugin modules that are not installed
                 import bench
                 import variants
 
-                kwargs["runtime_env"] = {"py_modules": [os.path.dirname(bench.__file__), os.path.dirname(variants.__file__)]}
+                kwargs["runtime_env"] = {"py_modules": [os.path.dirname(bench.__file__), os.path.dirname(variants.__file__),
+                                                        *ray_modules(plugins)]}
             try:
                 ray.init(address=address, **kwargs)
             except (ConnectionError, ValueError, RuntimeError) as e:
@@ -458,8 +464,9 @@ def place_local(planned: list[Planned], jobs: int | None, cores: int, n_gpus: in
     return jobs
 
 
-def make_executor(opts: Options, planned: list[Planned], on_progress):
-    """The executor ``opts`` names, and each run's device, threads and resources on it."""
+def make_executor(opts: Options, planned: list[Planned], on_progress, plugins: Plugins = NO_PLUGINS):
+    """The executor ``opts`` names, and each run's device, threads and resources on it (``plugins``:
+    the plugin modules a Ray cluster elsewhere is sent, ``bench.plugins.ray_modules``)."""
     import torch
 
     if opts.executor not in ("local", "ray", "submitit"):
@@ -483,7 +490,7 @@ def make_executor(opts: Options, planned: list[Planned], on_progress):
             gpus = (visible.split(",") if visible else [str(i) for i in range(n_gpus)]) if generic else None
             ex = LocalProcesses(jobs, on_progress, gpus, opts.runs_per_gpu)
     elif opts.executor == "ray":
-        ex = RayTasks(opts.ray_address, jobs)
+        ex = RayTasks(opts.ray_address, jobs, plugins)
         n_gpus = ex.gpus()
         for p in planned:
             p.device = "cuda" if p.cfg.device == "auto" and n_gpus else ("cpu" if p.cfg.device == "auto" else p.cfg.device)

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 
 from bench.config import RunConfig
+from bench.plugins import Plugins
 
 MEASUREMENTS = ("grad", "gaps", "log_px", "ais", "active_units")  # what a remeasure job can recompute
 
@@ -28,6 +29,7 @@ class Job:
     measurements: tuple[str, ...] = ()  # remeasure: which (bench.run.remeasure_job.MEASUREMENTS)
     commit: str = ""  # remeasure: the driver's git describe, the run's vaebench.remeasured.commit
     stop_after: int = 0  # train: stop after this epoch with a checkpoint (a search rung; 0 = train to the end)
+    plugins: Plugins = Plugins()  # the plugin modules the worker imports first (bench.plugins.ensure)
 
 
 @dataclass

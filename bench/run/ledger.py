@@ -76,8 +76,10 @@ class Ledger:
             first = next((p.device for p in self.planned), "cpu")
             device_name = tracking.device_name(resolve_device(first)) if self.ex.name == "local" else f"{self.ex.name} workers"
             self.common_tags["device_name"] = device_name
+            modules = self.suite.plugins.modules
             self.parent = t.start_parent(
-                self.common_tags | {tracking.TAG_EXECUTOR: self.ex.name} | self.parent_tags,
+                self.common_tags | {tracking.TAG_EXECUTOR: self.ex.name} | self.parent_tags
+                | ({tracking.TAG_PLUGINS: ",".join(modules)} if modules else {}),
                 {"suite": self.suite.name, "suite_file": str(self.suite.path), "n_runs": str(len(self.planned)),
                  "overrides": " ".join(self.opts.set or []) or "-", "executor": self.ex.name,
                  "jobs": str(self.ex.capacity or "auto"), "fresh": str(self.opts.fresh)},
@@ -134,6 +136,7 @@ class Ledger:
         t = self.tracker
         skipped = config.skipped_measurements(p.cfg, variants.get(p.cfg.variant))  # the reasons, as tags
         tags = self.common_tags | self.child_tags(p) | {tracking.TAG_SKIPPED + m: why for m, why in skipped.items()}
+        tags |= {tracking.TAG_SOURCE + kind: src for kind, src in sources(p.cfg).items() if src != "built-in"}
         p.run_id = t.start_child(p.name, tags, p.params)
         t.client.update_run(p.run_id, status="SCHEDULED")
         t.log_dict(p.run_id, dataclasses.asdict(p.cfg) | {"device": p.device}, "config.json")
@@ -184,3 +187,13 @@ class Ledger:
 
 def _holder(tags: dict[str, str]) -> str:
     return f"host {tags.get(tracking.TAG_HOST, '?')}, pid {tags.get(tracking.TAG_PID, '?').split('@')[0]}"
+
+
+def sources(cfg) -> dict[str, str]:
+    """Where the run's variant, objective and dataset come from (``built-in``, ``entry point
+    DIST:MODULE``, ``plugin module MODULE`` or ``file``): the child's ``vaebench.source.*`` tags."""
+    import variants
+    from bench import data, objectives
+
+    return {"variant": variants.source(cfg.variant), "objective": objectives.source(cfg.objective),
+            "dataset": data.source(cfg.dataset)}

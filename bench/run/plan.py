@@ -62,6 +62,9 @@ class Options:
     suite: str = _flag("smoke", "suite name (bench/suites/NAME.toml) or path to a TOML file")
     set: list[str] = field(default_factory=list, metadata={"help": "override a run-config key (repeatable)",
                                                            "metavar": "KEY=VALUE"})
+    plugin: list[str] = field(default_factory=list, metadata={
+        "help": "import a module that registers variants, objectives or datasets (repeatable; bench.plugins)",
+        "metavar": "MODULE"})
     tracking_uri: str | None = _flag(None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
     data_dir: str | None = _flag(None, "where datasets are read from / downloaded to (default ./data)")
     jobs: str = _flag("1", "runs at once (default %(default)s, in this process); auto: cores // threads on CPU, the visible "
@@ -126,7 +129,7 @@ def plan(opts: Options):
     from bench import config
     from bench.suite import load_suite
 
-    suite = load_suite(opts.suite, config.parse_overrides(opts.set or []))
+    suite = load_suite(opts.suite, config.parse_overrides(opts.set or []), plugins=opts.plugin or [])
     if not suite.runs:
         raise BenchError(f"suite {suite.name!r} has no runs after the overrides")
     loaded: dict = {}

@@ -121,22 +121,22 @@ def main(opts: planning.RemeasureOptions) -> int:
         return 0
 
     ps = [p for p, _ in todo]
-    ex = make_executor(opts, ps, lambda run_id, epoch, row: None)
+    ex = make_executor(opts, ps, lambda run_id, epoch, row: None, suite.plugins)
     try:
         planning.identify(ps)
         worker.preload(loaded)  # the driver's own jobs reuse them
-        return _execute(ex, todo, uri, commit, opts, say)
+        return _execute(ex, todo, uri, commit, opts, say, suite.plugins)
     finally:
         ex.close()
 
 
-def _execute(ex, todo, uri: str, commit: str, opts: planning.RemeasureOptions, say) -> int:
+def _execute(ex, todo, uri: str, commit: str, opts: planning.RemeasureOptions, say, plugins) -> int:
     n, t0 = len(todo), time.perf_counter()
     jobs = []
     for i, (p, left) in enumerate(todo):
         job = Job(uri=uri, run_id=p.run_id, attempt="", run_key=p.key, run_name=p.name,
                          cfg=dataclasses.replace(p.cfg, device=p.device, data_dir=opts.data_dir or ""), threads=p.threads,
-                         kind="remeasure", measurements=left, commit=commit)
+                         kind="remeasure", measurements=left, commit=commit, plugins=plugins)
         jobs.append((i, p, job))
     index = {job.run_id: (i, p) for i, p, job in jobs}
     job_of = {job.run_id: job for _, _, job in jobs}

@@ -98,7 +98,8 @@ class Invocation:
         run = self.ledger.tracker.client.get_run(p.run_id)
         job = Job(uri=self.ledger.uri, run_id=p.run_id, attempt=run.data.tags[tracking.TAG_ATTEMPT], run_key=p.key,
                   run_name=p.name, cfg=dataclasses.replace(p.cfg, device=p.device), threads=p.threads,
-                  checkpoint_every=self.opts.checkpoint_every, stop_after=p.stop_after)
+                  checkpoint_every=self.opts.checkpoint_every, stop_after=p.stop_after,
+                  plugins=self.suite.plugins)
         slurm_id = self.ex.submit(job, p.cpus, p.gpus)
         if slurm_id:
             self.ledger.tracker.set_tags(p.run_id, {tracking.TAG_SLURM_JOB: slurm_id})
@@ -245,7 +246,7 @@ def main(opts: Options, planned_suite: tuple | None = None) -> int:
     if suite.search is not None:
         raise BenchError(f"suite {suite.name!r} has a [search] table: run it with python -m bench run (bench.run.search)")
     box: list[Invocation] = []
-    ex = make_executor(opts, planned, lambda *a: box[0].on_progress(*a) if box else None)
+    ex = make_executor(opts, planned, lambda *a: box[0].on_progress(*a) if box else None, suite.plugins)
     try:
         planning.identify(planned)
         worker.preload(loaded)  # the driver's own runs reuse them
