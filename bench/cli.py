@@ -31,7 +31,6 @@ from pathlib import Path
 from bench import fetch
 from bench.errors import BenchError
 from bench.run.plan import Options, RemeasureOptions
-from variants.plugins import PluginError
 
 
 def cmd_run(args) -> int:
@@ -224,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except PluginError as e:  # an installed entry point that clashes or does not import
+    except ValueError as e:  # a plugin error: an installed entry point that clashes or does not import
+        plugins = sys.modules.get("variants.plugins")  # imported only where a command needs torch
+        if plugins is None or not isinstance(e, plugins.PluginError):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

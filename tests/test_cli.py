@@ -4,6 +4,8 @@ bad input gets one clear message, a non-zero exit and an untouched store."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from bench import cli, train
 from bench.suite import available_suites, load_suite
-from tests.conftest import TINY, run_cli
+from tests.conftest import ROOT, TINY, run_cli
 
 FINAL = [
     "test/elbo", "test/log_px", "test/kl", "test/recon", "test/active_units",
@@ -226,3 +228,15 @@ def test_a_crashing_run_is_failed_with_its_traceback_and_the_suite_goes_on(store
     assert kids["iwae/iwae/digits/seed0"].info.status == "FINISHED"
     (parent,) = client.search_runs([exp], "tags.`vaebench.role` = 'parent'")
     assert parent.info.status == "FAILED"
+
+
+def test_the_cli_and_the_mnist_fetch_import_without_torch():
+    """CI fetches MNIST with the system Python before anything is installed: ``bench.cli`` and its
+    parser must not import torch (or anything that does) at module level. Power: a module-level
+    ``import variants`` fails here."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from bench import cli, fetch; cli.parser()\n"
+            "try:\n    import variants\nexcept ImportError:\n    print('blocked')\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "blocked"
