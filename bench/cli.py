@@ -71,7 +71,7 @@ def cmd_list(args) -> int:
     def origin(source: str) -> str:
         return "" if source == "built-in" else f"  [{source}]"
 
-    print("variants (names from outside: [entry point DIST:MODULE] or [plugin module MODULE]):")
+    print("variants:  (names from outside: [entry point DIST:MODULE] or [plugin module MODULE])")
     for name in variants.available():
         cls = variants.get(name)
         doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
@@ -90,7 +90,7 @@ def cmd_list(args) -> int:
                    for v in variants.available()
                    if priors.unsupported(variants.get(v), name, {"batch_norm": False}) is None]
         print(f"  {name:<16} {', '.join(applies)}\n  {'':<16} {summary}")
-    print("datasets (and npz:PATH, a file of named splits):")
+    print("datasets:  (and npz:PATH, a file of named splits)")
     for name in data.available():
         print(f"  {name}{origin(data.source(name))}")
     print("suites:")

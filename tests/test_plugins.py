@@ -54,8 +54,9 @@ def lab_data(data_dir):
 
 
 @pytest.fixture
-def clean(monkeypatch):
-    """The registries, their sources and entry-point lists, and sys.modules, restored afterwards."""
+def clean(monkeypatch, tmp_path):
+    """The registries, their sources and entry-point lists restored afterwards, and the modules
+    imported from this test's directory forgotten."""
     saved = [(p, dict(p.registry), dict(p.sources)) for p in REGISTRIES]
     extra = (set(data._CONTINUOUS_ONLY), dict(data._FIXED_VAL))
     modules = set(sys.modules)
@@ -73,7 +74,8 @@ def clean(monkeypatch):
     data._FIXED_VAL.clear()
     data._FIXED_VAL.update(extra[1])
     for m in set(sys.modules) - modules:
-        del sys.modules[m]
+        if str(getattr(sys.modules[m], "__file__", None) or "").startswith(str(tmp_path)):
+            del sys.modules[m]
 
 
 def site(tmp: Path, dist: str, entry_points: dict[str, dict[str, str]], modules: dict[str, str], monkeypatch) -> Path:
