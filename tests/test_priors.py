@@ -137,6 +137,18 @@ def test_vamp_gradient_reaches_pseudo_inputs_and_encoder_and_fixed_holds_the_com
     torch.testing.assert_close(after, model.log_top_prior(z).detach(), rtol=0, atol=0)
 
 
+
+@pytest.mark.parametrize("kind", ["mog", "vamp"])
+def test_attach_follows_the_models_dtype(kind):
+    """A prior attached to a float64 model is float64 too (its parameters and ``log p(z)``): a
+    float32 VampPrior's pseudo-inputs cannot pass through a float64 encoder."""
+    torch.manual_seed(0)
+    model = variants.build("vanilla", x_shape=(1, 8, 8), latent_dim=4, hidden=(16,)).double()
+    priors.attach(model, kind, 3)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    lp = model.log_top_prior(torch.randn(5, 4, dtype=torch.float64))
+    assert lp.dtype == torch.float64 and torch.isfinite(lp).all()
+
 # -- the standard prior: bit for bit ---------------------------------------------------------------
 
 
