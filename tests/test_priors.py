@@ -8,6 +8,7 @@ Every stochastic test fixes its seed; each tolerance is stated beside it with it
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -148,6 +149,65 @@ def test_attach_follows_the_models_dtype(kind):
     assert {p.dtype for p in model.parameters()} == {torch.float64}
     lp = model.log_top_prior(torch.randn(5, 4, dtype=torch.float64))
     assert lp.dtype == torch.float64 and torch.isfinite(lp).all()
+
+
+@pytest.mark.parametrize("name", ["vanilla", "hierarchical"])
+def test_warm_up_weights_every_prior_term_of_a_learned_prior(name):
+    """KL warm-up where the KL has no closed form (``kl = None``: the surrogate weights
+    ``log p(z) - log q(z | x)`` at the sample by beta). Same weights and noise under N(0, I), a
+    mixture and a VampPrior: at beta = 0 the surrogate is the reconstruction term, so every
+    parameter's gradient is the standard prior's and the prior's own parameters get none (nor, for
+    two layers, q(z2 | z1) and p(z1 | z2), which enter only the KL terms); the gradient is affine
+    in beta and beta really acts (power)."""
+    torch.manual_seed(0)
+    base = variants.build(name, x_shape=(1, 8, 8), latent_dim=4, hidden=(16,)).double()
+    x = torch.bernoulli(torch.full((6, 64), 0.3, dtype=torch.float64))
+    elbo = objectives.build("elbo")
+    kl_only = ("latent_prior", "encoder2", "decoder_z1")
+
+    def grads(model, beta):
+        torch.manual_seed(1)
+        est = elbo(model, x, 2, kl_weight=beta)
+        params = dict(model.named_parameters())
+        g = torch.autograd.grad(est.surrogate, list(params.values()), allow_unused=True)
+        return {n: torch.zeros_like(p) if gi is None else gi for (n, p), gi in zip(params.items(), g)}
+
+    standard = grads(base, 0.0)
+    for kind in ("mog", "vamp"):
+        model = priors.attach(copy.deepcopy(base), kind, 3)
+        g0, g1, g5 = grads(model, 0.0), grads(model, 1.0), grads(model, 0.5)
+        for n, g in g0.items():
+            if n.startswith(kl_only):
+                assert g.abs().max() == 0, (kind, n)
+            else:
+                torch.testing.assert_close(g, standard[n], rtol=0, atol=1e-12)
+            torch.testing.assert_close(g5[n], (g0[n] + g1[n]) / 2)
+        assert g1["latent_prior." + ("means" if kind == "mog" else "pseudo")].abs().max() > 0
+
+
+def test_vamp_gradient_against_finite_differences():
+    """d log p(z) / d(pseudo-inputs) and / d(encoder weights) under the VampPrior (float64, the
+    hardtanh clamp inside (0, 1) at the authors' initialization) against central differences
+    (step 1e-6: error O(1e-12) truncation + O(1e-10) rounding)."""
+    model = small("vanilla", "vamp", 3).double()
+    z = torch.randn(5, 4, dtype=torch.float64)
+    assert ((model.latent_prior.pseudo > 0) & (model.latent_prior.pseudo < 1)).all()
+
+    def f():
+        return model.log_top_prior(z).sum()
+
+    for p in (model.latent_prior.pseudo, model.encoder[0].weight):
+        g = torch.autograd.grad(f(), p)[0]
+        for i in ((0, 7), (2, 40), (1, 63)):
+            with torch.no_grad():
+                old = p[i].item()
+                p[i] = old + 1e-6
+                up = f().item()
+                p[i] = old - 1e-6
+                down = f().item()
+                p[i] = old
+            assert abs((up - down) / 2e-6 - g[i].item()) < 1e-7 * max(1.0, abs(g[i].item()))
+        assert g.abs().max() > 1e-3  # power: a gradient that is there
 
 # -- the standard prior: bit for bit ---------------------------------------------------------------
 
