@@ -209,6 +209,35 @@ def test_vamp_gradient_against_finite_differences():
             assert abs((up - down) / 2e-6 - g[i].item()) < 1e-7 * max(1.0, abs(g[i].item()))
         assert g.abs().max() > 1e-3  # power: a gradient that is there
 
+
+def test_a_common_shift_of_the_codes_is_free_under_a_vamp_prior():
+    """Why a VampPrior VAE can collapse where N(0, I) does not: its components are the encoder's
+    own Gaussians, so adding c to the encoder's mean output (every q(z | x) and every q(z | u_k)
+    moves by c) and -W c to the decoder's first bias (p(x | z - c + c) unchanged) leaves every
+    log-weight, hence the ELBO and its KL, exactly as it was: offsetting all codes costs nothing.
+    Under N(0, I) the same move costs KL' - KL = c . mu(x) + |c|^2 / 2 per example (power: the
+    closed form, not zero)."""
+    x = torch.bernoulli(torch.full((6, 64), 0.3, dtype=torch.float64))
+    c = torch.full((4,), 3.0, dtype=torch.float64)
+    for kind in ("vamp", "standard"):
+        model = small("vanilla", kind, 5).double()
+        shifted = copy.deepcopy(model)
+        with torch.no_grad():
+            shifted.encoder[-1].bias[:4] += c  # the means: lambda = [mu, log sigma]
+            shifted.decoder.net[0].bias -= shifted.decoder.net[0].weight @ c
+        torch.manual_seed(4)
+        t = model.terms(x, 3)
+        torch.manual_seed(4)
+        ts = shifted.terms(x, 3)
+        torch.testing.assert_close(ts.log_px_z, t.log_px_z)
+        kl, kl_shifted = (t.log_qz - t.log_pz).mean(0), (ts.log_qz - ts.log_pz).mean(0)
+        if kind == "vamp":
+            torch.testing.assert_close(kl_shifted, kl)
+        else:
+            mu = model.variational_params(x)[:, :4]  # the closed-form KL, as the ELBO reads it here
+            torch.testing.assert_close(ts.kl - t.kl, (mu @ c + c @ c / 2).detach())
+            assert (kl_shifted - kl).min() > 1  # and the Monte Carlo one moves too
+
 # -- the standard prior: bit for bit ---------------------------------------------------------------
 
 
