@@ -8,6 +8,7 @@ Every stochastic test fixes its seed; each tolerance is stated beside it with it
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -136,6 +137,106 @@ def test_vamp_gradient_reaches_pseudo_inputs_and_encoder_and_fixed_holds_the_com
     assert not torch.equal(after, before)
     torch.testing.assert_close(after, model.log_top_prior(z).detach(), rtol=0, atol=0)
 
+
+
+@pytest.mark.parametrize("kind", ["mog", "vamp"])
+def test_attach_follows_the_models_dtype(kind):
+    """A prior attached to a float64 model is float64 too (its parameters and ``log p(z)``): a
+    float32 VampPrior's pseudo-inputs cannot pass through a float64 encoder."""
+    torch.manual_seed(0)
+    model = variants.build("vanilla", x_shape=(1, 8, 8), latent_dim=4, hidden=(16,)).double()
+    priors.attach(model, kind, 3)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    lp = model.log_top_prior(torch.randn(5, 4, dtype=torch.float64))
+    assert lp.dtype == torch.float64 and torch.isfinite(lp).all()
+
+
+@pytest.mark.parametrize("name", ["vanilla", "hierarchical"])
+def test_warm_up_weights_every_prior_term_of_a_learned_prior(name):
+    """KL warm-up where the KL has no closed form (``kl = None``: the surrogate weights
+    ``log p(z) - log q(z | x)`` at the sample by beta). Same weights and noise under N(0, I), a
+    mixture and a VampPrior: at beta = 0 the surrogate is the reconstruction term, so every
+    parameter's gradient is the standard prior's and the prior's own parameters get none (nor, for
+    two layers, q(z2 | z1) and p(z1 | z2), which enter only the KL terms); the gradient is affine
+    in beta and beta really acts (power)."""
+    torch.manual_seed(0)
+    base = variants.build(name, x_shape=(1, 8, 8), latent_dim=4, hidden=(16,)).double()
+    x = torch.bernoulli(torch.full((6, 64), 0.3, dtype=torch.float64))
+    elbo = objectives.build("elbo")
+    kl_only = ("latent_prior", "encoder2", "decoder_z1")
+
+    def grads(model, beta):
+        torch.manual_seed(1)
+        est = elbo(model, x, 2, kl_weight=beta)
+        params = dict(model.named_parameters())
+        g = torch.autograd.grad(est.surrogate, list(params.values()), allow_unused=True)
+        return {n: torch.zeros_like(p) if gi is None else gi for (n, p), gi in zip(params.items(), g)}
+
+    standard = grads(base, 0.0)
+    for kind in ("mog", "vamp"):
+        model = priors.attach(copy.deepcopy(base), kind, 3)
+        g0, g1, g5 = grads(model, 0.0), grads(model, 1.0), grads(model, 0.5)
+        for n, g in g0.items():
+            if n.startswith(kl_only):
+                assert g.abs().max() == 0, (kind, n)
+            else:
+                torch.testing.assert_close(g, standard[n], rtol=0, atol=1e-12)
+            torch.testing.assert_close(g5[n], (g0[n] + g1[n]) / 2)
+        assert g1["latent_prior." + ("means" if kind == "mog" else "pseudo")].abs().max() > 0
+
+
+def test_vamp_gradient_against_finite_differences():
+    """d log p(z) / d(pseudo-inputs) and / d(encoder weights) under the VampPrior (float64, the
+    hardtanh clamp inside (0, 1) at the authors' initialization) against central differences
+    (step 1e-6: error O(1e-12) truncation + O(1e-10) rounding)."""
+    model = small("vanilla", "vamp", 3).double()
+    z = torch.randn(5, 4, dtype=torch.float64)
+    assert ((model.latent_prior.pseudo > 0) & (model.latent_prior.pseudo < 1)).all()
+
+    def f():
+        return model.log_top_prior(z).sum()
+
+    for p in (model.latent_prior.pseudo, model.encoder[0].weight):
+        g = torch.autograd.grad(f(), p)[0]
+        for i in ((0, 7), (2, 40), (1, 63)):
+            with torch.no_grad():
+                old = p[i].item()
+                p[i] = old + 1e-6
+                up = f().item()
+                p[i] = old - 1e-6
+                down = f().item()
+                p[i] = old
+            assert abs((up - down) / 2e-6 - g[i].item()) < 1e-7 * max(1.0, abs(g[i].item()))
+        assert g.abs().max() > 1e-3  # power: a gradient that is there
+
+
+def test_a_common_shift_of_the_codes_is_free_under_a_vamp_prior():
+    """Why a VampPrior VAE can collapse where N(0, I) does not: its components are the encoder's
+    own Gaussians, so adding c to the encoder's mean output (every q(z | x) and every q(z | u_k)
+    moves by c) and -W c to the decoder's first bias (p(x | z - c + c) unchanged) leaves every
+    log-weight, hence the ELBO and its KL, exactly as it was: offsetting all codes costs nothing.
+    Under N(0, I) the same move costs KL' - KL = c . mu(x) + |c|^2 / 2 per example (power: the
+    closed form, not zero)."""
+    x = torch.bernoulli(torch.full((6, 64), 0.3, dtype=torch.float64))
+    c = torch.full((4,), 3.0, dtype=torch.float64)
+    for kind in ("vamp", "standard"):
+        model = small("vanilla", kind, 5).double()
+        shifted = copy.deepcopy(model)
+        with torch.no_grad():
+            shifted.encoder[-1].bias[:4] += c  # the means: lambda = [mu, log sigma]
+            shifted.decoder.net[0].bias -= shifted.decoder.net[0].weight @ c
+        torch.manual_seed(4)
+        t = model.terms(x, 3)
+        torch.manual_seed(4)
+        ts = shifted.terms(x, 3)
+        torch.testing.assert_close(ts.log_px_z, t.log_px_z)
+        kl, kl_shifted = (t.log_qz - t.log_pz).mean(0), (ts.log_qz - ts.log_pz).mean(0)
+        if kind == "vamp":
+            torch.testing.assert_close(kl_shifted, kl)
+        else:
+            mu = model.variational_params(x)[:, :4]  # the closed-form KL, as the ELBO reads it here
+            torch.testing.assert_close(ts.kl - t.kl, (mu @ c + c @ c / 2).detach())
+            assert (kl_shifted - kl).min() > 1  # and the Monte Carlo one moves too
 
 # -- the standard prior: bit for bit ---------------------------------------------------------------
 

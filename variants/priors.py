@@ -212,20 +212,20 @@ def unsupported(variant_cls, kind: str, options: dict | None = None) -> str | No
 
 def attach(model: nn.Module, kind: str, k: int = 0, options: dict | None = None) -> nn.Module:
     """Give ``model`` the prior ``kind`` with ``k`` components (``0``: the default) over its top
-    latent (``model.top_latent_dim``); ``"standard"`` leaves the model as built. Returns ``model``.
-    Raises ``VariantConfigError`` with :func:`unsupported`'s reason."""
+    latent (``model.top_latent_dim``), on the model's device and in its dtype; ``"standard"``
+    leaves the model as built. Returns ``model``. Raises ``VariantConfigError`` with :func:`unsupported`'s reason."""
     why = unsupported(type(model), kind, options)
     if why:
         raise VariantConfigError(why)
     if kind == "standard":
         return model
     n = components(kind, k)
-    device = next(model.parameters()).device
+    like = next(model.parameters())  # the prior lives on the model's device, in its dtype
     if kind == "mog":
         prior = MixturePrior(model.top_latent_dim, n)
     else:
         prior = VampPrior(model.top_latent_dim, n, model.x_dim, clamp=model.likelihood == "bernoulli")
-    model.latent_prior = prior.to(device)
+    model.latent_prior = prior.to(device=like.device, dtype=like.dtype)
     return model
 
 
