@@ -120,13 +120,15 @@ class SearchSpec:
     seed: int = 1000  # the trials' training seed and the samplers' (never one of final_seeds)
     min_epochs: int = 0  # the pruners' smallest resource (0: epochs // reduction_factor**2, at least 1)
     reduction_factor: int = 3  # successive halving keeps the best 1/reduction_factor at each rung
+    trial_epochs: int = 0  # the trials' training length (0: the suite's epochs); the final runs train `epochs`
 
     def identity(self) -> dict:
         """What makes a study: every setting but the budget (more trials continue one study) and
         the final seeds (they do not change the trials)."""
         return {"metric": self.metric, "sampler": self.sampler, "pruner": self.pruner, "seed": self.seed,
                 "min_epochs": self.min_epochs, "reduction_factor": self.reduction_factor,
-                "space": {k: list(v) for k, v in sorted(self.space.items())}}
+                "space": {k: list(v) for k, v in sorted(self.space.items())}} | (
+                    {"trial_epochs": self.trial_epochs} if self.trial_epochs else {})
 
     def grid_size(self) -> int:
         n = 1
@@ -215,7 +217,7 @@ def parse_search(table, where: str) -> SearchSpec:
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
     _check_keys(table, ("metric", "trials", "sampler", "pruner", "final_seeds", "space", "seed", "min_epochs",
-                        "reduction_factor"), where)
+                        "reduction_factor", "trial_epochs"), where)
     metric = table.get("metric")
     if not isinstance(metric, str) or vocabulary.lookup(metric) is None:
         valid = [n for n in vocabulary.METRICS if n.startswith("val/")]
@@ -285,7 +287,8 @@ def parse_search(table, where: str) -> SearchSpec:
     _check_seeds(seed, seeds, where)
     return SearchSpec(metric=metric, trials=trials, sampler=sampler, pruner=pruner, final_seeds=seeds, space=space,
                       seed=seed, min_epochs=integer("min_epochs", 0, 0),
-                      reduction_factor=integer("reduction_factor", 3, 2))
+                      reduction_factor=integer("reduction_factor", 3, 2),
+                      trial_epochs=integer("trial_epochs", 0, 0))
 
 
 def _check_seeds(seed: int, final_seeds: list[int], where: str) -> None:
@@ -399,6 +402,10 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None, pl
         runs = [r for r in runs if getattr(r, attr) in names]
     for r in runs:
         validate(r, where)
+        if search is not None and search.trial_epochs > r.epochs:
+            raise ConfigError(f"{where} [search]: trial_epochs = {search.trial_epochs} is more than the runs' epochs = "
+                              f"{r.epochs}: the trials select a setting on a shorter training than the final runs', "
+                              "not a longer one")
     return Suite(name=path.stem, path=path, description=str(doc.get("description", "")), runs=runs,
                  published=published, search=search, plugins=loaded)
 

@@ -93,6 +93,7 @@ variants = ["vanilla"]
     ('metric = "val/elbo"\ntrials = 2\n[search.space]\nseed = [1, 2]', "unknown key(s) seed"),
     ('metric = "val/elbo"\ntrials = 2\n[search.space]\nlr = [1e-3, 1e-3]', "listed twice"),
     ('metric = "val/elbo"\ntrials = 2\npruner = "asha"\n[search.space]\nlr = [1e-3]', "pruner must be one of"),
+    ('metric = "val/elbo"\ntrials = 2\ntrial_epochs = 3\n[search.space]\nlr = [1e-3]', "more than the runs' epochs"),
 ])
 def test_the_search_table_refuses_what_it_cannot_run(tmp_path, table, message):
     path = tmp_path / "s.toml"
@@ -238,6 +239,35 @@ def test_a_search_killed_with_sigkill_finishes_with_the_same_numbers(tmp_path, s
         for m, v in r.data.metrics.items():
             if not m.startswith(TIMINGS):
                 assert v == ref[r.data.tags["vaebench.run_key"]].data.metrics[m], m
+
+
+@pytest.mark.slow
+def test_shorter_trials_select_on_their_last_epoch_and_the_final_runs_train_the_full_length(tmp_path, store):
+    """``trial_epochs = 1`` with ``epochs = 2``: each trial trains one epoch, the selected setting is
+    the best ``val/elbo`` at epoch 1, and its final run trains two; without the key the study's
+    identity (hence its name) is what it was before the key existed."""
+    path = tmp_path / "short.toml"
+    text = SEARCH.read_text().replace("epochs = 4", "epochs = 2").replace('variants = ["vanilla", "iwae"]',
+                                                                       'variants = ["vanilla"]')
+    text = text.replace('pruner = "successive-halving"\nmin_epochs = 1\nreduction_factor = 3\nfinal_seeds = [0, 1]',
+                        'trial_epochs = 1\nfinal_seeds = [0]')
+    path.write_text(text)
+    assert "trial_epochs" not in load_suite(str(SEARCH)).search.identity()
+    assert load_suite(str(path)).search.identity()["trial_epochs"] == 1
+    assert cli.main(["run", "--suite", str(path), "--tracking-uri", store]) == 0
+    client = MlflowClient(store)
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("short").experiment_id], max_results=100)
+            if r.data.tags.get("vaebench.role") == "child"]
+    trials = [r for r in runs if "vaebench.search.selected" not in r.data.tags]
+    (final,) = [r for r in runs if r.data.tags.get("vaebench.search.selected") == "true"]
+    assert len(trials) == 3 and {float(r.data.params["lr"]) for r in trials} == LRS
+    scores = {}
+    for r in trials:
+        assert r.info.status == "FINISHED" and r.data.params["epochs"] == "1"
+        assert sorted(_history(store, r.info.run_id)) == [1]
+        scores[r.data.params["lr"]] = _history(store, r.info.run_id)[1]
+    assert final.data.params["lr"] == max(scores, key=scores.get)
+    assert final.data.params.get("epochs", "2") == "2" and sorted(_history(store, final.info.run_id)) == [1, 2]
 
 
 def _exists(uri: str) -> bool:

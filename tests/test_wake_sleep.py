@@ -17,7 +17,7 @@ from torch.distributions import MultivariateNormal, kl_divergence
 
 import variants
 from bench import metrics, objectives
-from bench.objectives.wake_sleep import sleep_term
+from bench.objectives.wake_sleep import dream, sleep_term
 from bench.suite import load_suite
 from tests.test_metrics import linear_gaussian, oracle_encoder
 
@@ -115,6 +115,28 @@ def test_logged_values_are_bounds_not_surrogates():
         torch.testing.assert_close(est.value, ref.value, rtol=0, atol=1e-5)
         assert not est.value.requires_grad
         assert abs(-est.surrogate.item() - est.value.mean().item()) > 1e-3
+
+
+def test_a_diverged_model_gives_a_nan_loss_not_a_crash_in_the_sleep_phase():
+    """Dreams from a decoder whose weights are NaN (a diverged run): the objectives return a NaN
+    loss, which the training loop reports as a divergence, instead of torch.bernoulli's RuntimeError
+    on a NaN probability; a healthy model's dreams are the distribution's own draws, bit for bit."""
+    torch.manual_seed(0)
+    model = variants.build("vanilla", x_shape=(1, 8, 8), latent_dim=4, hidden=(16,))
+    torch.manual_seed(1)
+    z, x = dream(model, 5)
+    torch.manual_seed(1)
+    z_ref = model.sample_prior(5)
+    torch.testing.assert_close(x, model.decode(z_ref).sample(), rtol=0, atol=0)
+    with torch.no_grad():
+        for p in model.parameter_groups()["decoder"]:
+            p.fill_(float("nan"))
+    x = torch.bernoulli(torch.full((6, 64), 0.3))
+    for name in ("wake-sleep", "rws"):
+        est = objectives.build(name, **({"sleep": True} if name == "rws" else {}))(model, x, 3)
+        assert torch.isnan(est.surrogate)
+    with pytest.raises(RuntimeError, match="p_in"):  # power: what the sleep phase met before
+        model.decode(model.sample_prior(5)).sample()
 
 
 @pytest.mark.parametrize("name", ["vanilla", "hierarchical", "ladder", "linear-gaussian", "gumbel-softmax", "bernoulli"])

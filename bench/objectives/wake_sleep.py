@@ -33,7 +33,13 @@ from variants.base import flat
 def dream(model, n: int) -> tuple[Tensor, Tensor]:
     """``n`` draws ``(z [n, L], x [n, D])`` from the model, ``z ~ p(z)``, ``x ~ p(x | z)``."""
     z = model.sample_prior(n)
-    return z, model.decode(z).sample()
+    px = model.decode(z)
+    base = px.base_dist if isinstance(px, torch.distributions.Independent) else px
+    if isinstance(base, torch.distributions.Bernoulli):
+        # torch.bernoulli refuses a NaN probability with a RuntimeError; a diverged model's NaN is the
+        # loss's to report (the training loop stops the run as diverged). Same draws otherwise.
+        return z, torch.bernoulli(torch.nan_to_num(base.probs, nan=0.5))
+    return z, px.sample()
 
 
 def sleep_term(model, n: int) -> Tensor:

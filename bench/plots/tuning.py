@@ -82,6 +82,8 @@ def tuning_section(finals: pd.DataFrame, trials: pd.DataFrame, spec) -> list[str
     how = "" if spec is None else (
         f" Budget: {spec.trials} trial(s) a cell, sampler `{spec.sampler}`, pruner `{spec.pruner}`"
         + (f" (reduction factor {spec.reduction_factor}, epochs as the resource)" if spec.pruner != "none" else "")
+        + (f"; trials trained {spec.trial_epochs} epoch(s), the final runs the suite's full length"
+           if spec.trial_epochs else "")
         + f"; trials trained with seed {spec.seed}; final seeds {', '.join(map(str, spec.final_seeds))}.")
     out = ["## Tuning", "",
            f"Every cell (variant / objective / dataset and the grid's settings) had the same budget of trials, each "

@@ -15,7 +15,9 @@ With a pruner, epochs are the resource (``bench.tuning``): the trials of a brack
 rung, stop there with a checkpoint (the run is KILLED with the end reason "paused after epoch
 r"), the best go on from that checkpoint to the next rung, the others are pruned (tag
 ``vaebench.search.pruned`` = the rung's epoch). The rungs are synchronous, so a decision depends on
-the scores alone. Trials are asked in rounds: without a pruner, ``tpe`` asks ``--jobs`` trials a
+the scores alone. ``trial_epochs`` (default: the suite's ``epochs``) trains the trials shorter
+than the final runs: a setting chosen "in the first few iterations" (Kingma & Welling 2014 chose
+Adagrad's step size so). Trials are asked in rounds: without a pruner, ``tpe`` asks ``--jobs`` trials a
 round (it learns from the earlier rounds), ``grid`` and ``random`` the whole budget at once; with
 ``successive-halving`` the whole budget is one bracket, with ``hyperband`` each bracket a round.
 
@@ -193,6 +195,7 @@ class Search:
             p.cfg = dataclasses.replace(p.cfg, evaluate="validation")
             self.cells.append(Cell(label, p.cfg, p))
         self.check_space(where)
+        self.trial_epochs = self.spec.trial_epochs or self.cells[0].base.epochs  # the trials' training length
         self.box: list = []
 
     def check_space(self, where: str) -> None:
@@ -223,7 +226,7 @@ class Search:
 
     def brackets(self) -> list[tuple[int, int]]:
         """The budget's brackets: ``[(n_trials, first_rung)]`` (one, at ``epochs``, without a pruner)."""
-        s, epochs = self.spec, self.cells[0].base.epochs
+        s, epochs = self.spec, self.trial_epochs
         if s.pruner == "hyperband":
             return hyperband_brackets(s.trials, epochs, s.min_epochs, s.reduction_factor)
         if s.pruner == "successive-halving":
@@ -294,7 +297,7 @@ class Search:
         import optuna
 
         S = optuna.trial.TrialState
-        epochs = self.cells[0].base.epochs
+        epochs = self.trial_epochs
         ladder = rungs(epochs, first, self.spec.reduction_factor)
         alive = {c.label: [n for n in numbers if c.study.trials[n].state != S.FAIL] for c, numbers in members}
         cells = {c.label: c for c, _ in members}
@@ -327,6 +330,7 @@ class Search:
 
     def trial_run(self, cell: Cell, n: int, stop_after: int) -> Planned:
         cfg = apply(cell.base, cell.study.trials[n].params, self.spec, f"{self.suite.path} [search] trial {n}")
+        cfg = dataclasses.replace(cfg, epochs=self.trial_epochs)
         (p,) = planning.plan_runs([cfg], self.opts, self.loaded)
         for f in ("device", "threads", "cpus", "gpus"):
             setattr(p, f, getattr(cell.planned, f))
@@ -359,7 +363,7 @@ class Search:
         if rc == 130:
             return rc
         client = MlflowClient(self.uri)
-        epoch = stop_after or self.cells[0].base.epochs
+        epoch = stop_after or self.trial_epochs
         for key, p in by_key.items():
             history = {m.step: m.value for m in client.get_metric_history(p.run_id, self.spec.metric)} if p.run_id else {}
             value = history.get(epoch)
