@@ -29,7 +29,7 @@ LOG_PX = {
 
 
 def _child(client, exp_id, parent_id, variant, objective, seed, artifacts_dir, *, status="FINISHED",
-           metrics=True, final=True, k=5):
+           metrics=True, final=True, k=5, extra=None):
     name = f"{variant}/{objective}/digits/seed{seed}"
     run = client.create_run(exp_id, run_name=name, tags={
         "mlflow.parentRunId": parent_id, "vaebench.role": "child", "vaebench.suite": "smoke",
@@ -37,7 +37,7 @@ def _child(client, exp_id, parent_id, variant, objective, seed, artifacts_dir, *
     rid = run.info.run_id
     params = {"variant": variant, "objective": objective, "dataset": "digits", "k": k, "seed": seed,
                   "latent_dim": 4, "epochs": 3, "batch_size": 64, "lr": 1e-3, "device": "cpu",
-                  "binarization": "dynamic", "eval_k": 100, "threads": 1}
+                  "binarization": "dynamic", "eval_k": 100, "threads": 1} | (extra or {})
     ts = int(time.time() * 1000)
     ms = []
     if metrics:
@@ -245,11 +245,35 @@ def test_runs_that_differ_only_in_k_are_distinct_results(tmp_path):
     assert sorted(df["objective"]) == ["elbo", "iwae (k=1)", "iwae (k=5)", "iwae (k=50)"]
 
 
+def test_runs_the_suite_file_sets_apart_are_distinct_results(tmp_path):
+    """The ``priors`` suite trains vanilla/elbo/mnist under three priors (a grid's ``set``): three
+    results, labelled by the settings that tell them apart, and a rerun of one of them still
+    supersedes its earlier run (without the labels all four would collapse into one row)."""
+    uri, client, exp, scratch = _suite_store(tmp_path, "priors")
+    assert plots.store.setting_keys("priors")[("vanilla", "elbo", "mnist")] == ["prior", "prior_components"]
+    assert plots.store.setting_keys("kingma2014")[("vanilla", "wake-sleep", "mnist")] == ["latent_dim"]
+    assert plots.store.setting_keys("smoke")[("vanilla", "elbo", "digits")] == []
+    pid = client.create_run(exp, run_name="p", tags={"vaebench.role": "parent"}).info.run_id
+    runs = {}
+    for prior, n in (("vamp", 500), ("standard", 0), ("mog", 10), ("vamp", 500)):
+        runs[prior] = _child(client, exp, pid, "vanilla", "elbo", 0, scratch,
+                             extra={"dataset": "mnist", "prior": prior, "prior_components": n})
+    df, notes = plots.load_runs("priors", uri)
+    assert sorted(df["variant"]) == ["vanilla (prior=mog, prior_components=10)",
+                                     "vanilla (prior=standard, prior_components=0)",
+                                     "vanilla (prior=vamp, prior_components=500)"]
+    assert runs["vamp"] in df["run_id"].tolist() and any("1 other run(s)" in n for n in notes)
+
+
 def test_variant_colours_are_fixed_per_name():
     a = plots.variant_colors(["vanilla", "iwae", "my-new-variant"])
     b = plots.variant_colors(["my-new-variant", "ladder"])
     assert a["my-new-variant"] == b["my-new-variant"]
     assert len({a["vanilla"], a["iwae"], b["ladder"]}) == 3
+    # a suite's settings of one variant (the priors suite's six rows) never share a colour
+    rows = [f"{v} (prior={p}, prior_components={n})" for v in ("vanilla", "hierarchical")
+            for p, n in (("standard", 0), ("mog", 10), ("vamp", 500))]
+    assert len(set(plots.variant_colors(rows).values())) == 6
 
 
 def test_run_figure(tmp_path):

@@ -121,6 +121,8 @@ def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
     k = df["params.k"].fillna("?") if "params.k" in df else pd.Series("?", index=df.index)
     several = k.groupby([df[c] for c in KEY]).transform("nunique") > 1
     df.loc[several, "objective"] = df.loc[several, "objective"] + " (k=" + k[several] + ")"
+    label = _settings(df, setting_keys(suite))
+    df.loc[label != "", "variant"] = df["variant"] + " (" + label + ")"
     df["_done"] = df["status"] == "FINISHED"
     df = df.sort_values(["_done", "start_time"])
     n = len(df)
@@ -136,6 +138,41 @@ def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
     for _, r in df[df["status"] != "FINISHED"].iterrows():
         notes.append(f"run {r['run_name']} is {r['status']}: its metrics so far are used")
     return df.sort_values(KEY + ["seed"]).reset_index(drop=True), notes
+
+
+_NOT_A_SETTING = {"variant", "objective", "dataset", "seed", "k", "device", "threads", "data_dir"}
+
+
+def setting_keys(suite: str) -> dict[tuple[str, str, str], list[str]]:
+    """Per (variant, objective, dataset) of the suite file ``bench/suites/<suite>.toml`` (or a
+    path), the run-config params that tell its runs apart besides the seed and ``k`` (a grid's
+    ``set``: the priors of the ``priors`` suite, the latent sizes of ``kingma2014``); {} when the
+    file does not load. Taken from the file, not the store, so that an earlier invocation at
+    other settings is an earlier invocation (not shown), not a result of its own."""
+    from bench.errors import BenchError
+    from bench.suite import load_suite, suite_path
+
+    if not suite_path(suite).is_file():
+        return {}
+    try:
+        runs = load_suite(suite).runs
+    except BenchError:
+        return {}
+    groups: dict[tuple[str, str, str], list[dict[str, str]]] = {}
+    for cfg in runs:
+        groups.setdefault((cfg.variant, cfg.objective, cfg.dataset), []).append(cfg.params())
+    return {g: sorted(n for n in set().union(*ps) - _NOT_A_SETTING if len({p.get(n) for p in ps}) > 1)
+            for g, ps in groups.items()}
+
+
+def _settings(df: pd.DataFrame, keys: dict[tuple[str, str, str], list[str]]) -> pd.Series:
+    """``"name=value, ..."`` of each run's params named by ``keys`` for its group ("" for none)."""
+    def one(r) -> str:
+        names = keys.get((r["variant"], r["params.objective"] if "params.objective" in r else r["objective"],
+                          r["dataset"]), [])
+        return ", ".join(f"{n}={r.get(f'params.{n}', '?')}" for n in names)
+
+    return df.apply(one, axis=1) if keys else pd.Series("", index=df.index)
 
 
 def metric_names(df: pd.DataFrame) -> list[str]:

@@ -40,9 +40,15 @@ def variant_colors(names) -> dict[str, str]:
     """Colour of each variant name: fixed for registered names, else stable per name.
 
     The fallback colour depends only on the name (crc32 into a spare palette), never on which
-    other variants a suite holds, so a variant keeps its colour across figures and suites.
+    other variants a suite holds, so a variant keeps its colour across figures and suites. A
+    variant labelled with the settings that set its runs apart (``vanilla (prior=vamp, ...)``,
+    ``bench.plots.store.load_runs``) takes the spare palette in the sorted order of the labelled
+    names given, so the few settings of one suite never share a colour (a hash of 8 would collide).
     """
-    return {n: _FIXED.get(n) or _SPARE[zlib.crc32(n.encode()) % len(_SPARE)] for n in names}
+    labelled = sorted(n for n in set(names) if n not in _FIXED and " (" in n)
+    extra = _SPARE + [c for c in _FIXED.values() if c not in _SPARE]
+    out = {n: extra[i % len(extra)] for i, n in enumerate(labelled)}
+    return {n: out.get(n) or _FIXED.get(n) or _SPARE[zlib.crc32(n.encode()) % len(_SPARE)] for n in names}
 
 
 def estimator_color(position: int) -> str:
