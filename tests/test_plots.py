@@ -116,6 +116,7 @@ def test_draw_figures_tables_and_report(store, tmp_path, capsys):
                "gradient_snr_decoder.png", "gradient_variance.png", "throughput.png", "cost_quality.png", "samples.png"}
     assert figures <= names
     assert {"summary.csv", "runs.csv", "README.md"} <= names
+    assert "bounds_vs_examples.png" not in names  # no setting sets the smoke runs apart
     for p in paths:
         assert p.parent == tmp_path / "smoke" and p.stat().st_size > 0
         if p.suffix == ".png":
@@ -257,12 +258,17 @@ def test_runs_the_suite_file_sets_apart_are_distinct_results(tmp_path):
     runs = {}
     for prior, n in (("vamp", 500), ("standard", 0), ("mog", 10), ("vamp", 500)):
         runs[prior] = _child(client, exp, pid, "vanilla", "elbo", 0, scratch,
-                             extra={"dataset": "mnist", "prior": prior, "prior_components": n})
+                             extra={"dataset": "mnist", "prior": prior, "prior_components": n,
+                                    "train_examples": 100})
     df, notes = plots.load_runs("priors", uri)
     assert sorted(df["variant"]) == ["vanilla (prior=mog, prior_components=10)",
                                      "vanilla (prior=standard, prior_components=0)",
                                      "vanilla (prior=vamp, prior_components=500)"]
     assert runs["vamp"] in df["run_id"].tolist() and any("1 other run(s)" in n for n in notes)
+    assert df["setting"].tolist() == [v.split(" (")[1][:-1] for v in df["variant"]]
+    # the bounds against training examples: one panel per prior (drawn only where settings set runs apart)
+    paths = {p.name for p in plots.draw("priors", tmp_path / "out", uri)}
+    assert "bounds_vs_examples.png" in paths
 
 
 def test_variant_colours_are_fixed_per_name():

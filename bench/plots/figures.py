@@ -214,6 +214,87 @@ def learning_curves(ctx: Context):
     return fig
 
 
+def _setting_order(label: str):
+    """Panels in the order of their settings' numbers where they have them (latent 3, 5, 10, 20, 200)."""
+    nums = [float(x) for x in __import__("re").findall(r"=(-?\d+(?:\.\d+)?(?:e-?\d+)?)\b", label)]
+    return (nums, label)
+
+
+@figure("bounds_vs_examples.png", "Training and held-out bounds against training examples",
+        "For suites whose runs a setting sets apart (the latent size of `kingma2014`, the prior of "
+        "`priors`): one panel per setting, the training bound (solid: minus `train/loss`, the objective's "
+        "value averaged over each epoch's minibatches while training) and the held-out bound (dashed: "
+        "`val/elbo` after each epoch on the validation split) against the number of training examples "
+        "evaluated (epochs x training images, log axis), as Kingma & Welling (2014) draw their Figure 2; "
+        "mean over seeds. A gap opening between solid and dashed is overfitting.")
+def bounds_vs_examples(ctx: Context):
+    df = ctx.df
+    if "setting" not in df or not (df["setting"] != "").any():
+        return None  # a suite without settings that set runs apart: learning_curves.png is its figure
+    train = store.history(ctx.client, df, "train/loss")
+    held = store.history(ctx.client, df, "val/elbo")
+    if train.empty and held.empty:
+        ctx.notes.append("no train/loss or val/elbo history: bounds against training examples not drawn")
+        return None
+    train["value"] = -train["value"]
+    n_train = pd.to_numeric(df.set_index("run_id").get("params.train_examples"), errors="coerce")
+    setting = df.set_index("run_id")["setting"]
+    base = df.set_index("run_id")["variant"].str.replace(r" \(.*\)$", "", regex=True)
+    parts = []
+    for h, kind in ((train, "train"), (held, "held-out")):
+        if h.empty:
+            continue
+        h = h.assign(kind=kind, setting=h["run_id"].map(setting), model=h["run_id"].map(base),
+                     examples=h["step"] * h["run_id"].map(n_train))
+        parts.append(h[np.isfinite(h["value"]) & (h["examples"] > 0)])
+    h = pd.concat(parts, ignore_index=True)
+    if h["examples"].isna().all():
+        ctx.notes.append("no run logged train_examples: bounds against training examples not drawn")
+        return None
+    g = h.groupby(["setting", "dataset", "model", "objective", "kind", "examples"])["value"].mean().reset_index()
+    panels = sorted(g[["setting", "dataset"]].drop_duplicates().itertuples(index=False),
+                    key=lambda p: (p[1], _setting_order(p[0])))
+    # the y range from one decade of examples on (the first epochs of a poor start would flatten the
+    # rest); lines shorter than a decade keep all their points
+    first = g.groupby(["setting", "model", "objective"])["examples"].transform("min")
+    last = g.groupby(["setting", "model", "objective"])["examples"].transform("max")
+    late = g[(g["examples"] >= 10 * first) | (last < 10 * first)]
+    lo, hi = float(late["value"].min()), float(g["value"].max())
+    pad = 0.06 * (hi - lo) if hi > lo else 1.0
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH, 2.9 * nrows + 0.6), squeeze=False, sharey=True)
+    lines = g[["model", "objective"]].drop_duplicates().sort_values(["model", "objective"])
+    several_models = lines["model"].nunique() > 1
+    palette = {(m, o): estimator_color(i) for i, (m, o) in enumerate(lines.itertuples(index=False))}
+    cut = False
+    for ax, (st, ds) in zip(axes.flat, panels):
+        d = g[(g["setting"] == st) & (g["dataset"] == ds)]
+        for (m, o, kind), c in d.groupby(["model", "objective", "kind"], sort=True):
+            ax.plot(c["examples"], c["value"], color=palette[(m, o)], lw=1.5, ls="-" if kind == "train" else "--")
+        cut |= bool((d["value"] < lo - pad).any())
+        ax.set_xscale("log")
+        ax.set_title(st + (f" ({ds})" if g["dataset"].nunique() > 1 else ""), fontsize=9)
+        ax.grid(alpha=0.3, which="both", lw=0.5)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("bound [nats per example]\n(higher is better)")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("training examples evaluated")
+    axes[0, 0].set_ylim(lo - pad, hi + pad)
+    handles = [plt.Line2D([], [], color=palette[(m, o)], lw=2, label=(f"{m} / {o}" if several_models else o))
+               for m, o in lines.itertuples(index=False)]
+    handles += [plt.Line2D([], [], color="0.3", ls="-", label="training"),
+                plt.Line2D([], [], color="0.3", ls="--", label="held-out (validation)")]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.05 if nrows > 1 else 0.08, 1, 1))
+    if cut:
+        ctx.notes.append("bounds_vs_examples.png: the first epochs of some runs lie below its y axis")
+    return fig
+
+
 # -- test log-likelihood --------------------------------------------------------------------------
 
 _LL_MARKS = [  # (metric, legend, marker kwargs)

@@ -97,7 +97,7 @@ def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
 
     Columns: ``run_id``, ``run_name``, ``status``, ``start_time``, ``artifact_uri``, ``metrics.<m>``
     (last logged value), ``params.<p>`` (strings), ``tags.<t>``, plus ``variant``, ``objective``,
-    ``dataset``, ``seed`` taken from the params. Children are runs tagged ``vaebench.role=child``
+    ``dataset``, ``seed`` taken from the params, and ``setting`` (below; "" for none). Children are runs tagged ``vaebench.role=child``
     or nested under a parent (``mlflow.parentRunId``). When a (variant, objective, dataset, seed)
     was run more than once (several invocations), the latest FINISHED run is kept (the latest run
     if none finished) and the others are counted in the notes. Runs that differ only in ``k``
@@ -121,8 +121,8 @@ def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
     k = df["params.k"].fillna("?") if "params.k" in df else pd.Series("?", index=df.index)
     several = k.groupby([df[c] for c in KEY]).transform("nunique") > 1
     df.loc[several, "objective"] = df.loc[several, "objective"] + " (k=" + k[several] + ")"
-    label = _settings(df, setting_keys(suite))
-    df.loc[label != "", "variant"] = df["variant"] + " (" + label + ")"
+    df["setting"] = _settings(df, setting_keys(suite))
+    df.loc[df["setting"] != "", "variant"] = df["variant"] + " (" + df["setting"] + ")"
     df["_done"] = df["status"] == "FINISHED"
     df = df.sort_values(["_done", "start_time"])
     n = len(df)
