@@ -49,7 +49,7 @@ def _blocks(lang: str) -> list[str]:
 
 
 def test_the_suite_in_ten_lines_plans_what_it_says(tmp_path):
-    (toml,) = _blocks("toml")
+    toml, search = _blocks("toml")
     path = tmp_path / "my_suite.toml"
     path.write_text(toml)
     suite = load_suite(str(path))
@@ -57,6 +57,11 @@ def test_the_suite_in_ten_lines_plans_what_it_says(tmp_path):
     assert [(r.variant, r.objective, r.dataset, r.seed) for r in suite.runs] == [
         ("vanilla", o, "digits", s) for s in (0, 1, 2) for o in ("elbo", "iwae", "dreg")]
     assert {(r.epochs, r.latent_dim, tuple(r.hidden), r.eval_k, r.k) for r in suite.runs} == {(30, 8, (64, 64), 500, 5)}
+    # the [search] table of "On equal terms", added to that suite (whose grid then loses its seeds)
+    path.write_text(toml.replace("seeds = [0, 1, 2]\n", "") + "\n" + search)
+    spec = load_suite(str(path)).search
+    assert (spec.metric, spec.sampler, spec.pruner, spec.trials, spec.final_seeds) == (
+        "val/elbo", "grid", "successive-halving", 4, [0, 1, 2])
 
 
 @pytest.fixture
