@@ -94,13 +94,20 @@ def sized_chunk(fn: Callable[[int], object], unit: int, device: str | torch.devi
     """How many units (log-weights, latent draws) one pass of ``fn`` may take on ``device``:
     :func:`pass_bytes` over the bytes a unit costs, measured as the difference of
     :func:`allocated_bytes` between ``fn(1)`` and ``fn(3)`` (``fn(n)`` evaluates ``n * unit``
-    units), so that what does not grow with the units (an encoder pass) is left out. With a
-    ``model``, the measurement is kept for it under ``key`` (the input's shape, dtype, ...): a
-    model's cost per unit does not change with its weights, and a measurement costs two passes
-    under a Python dispatch mode (milliseconds, which an evaluation every epoch would repeat)."""
+    units), so that what does not grow with the units (an encoder pass) is left out. ``fn(1)`` runs
+    once before the two measured calls: what a first call allocates once and keeps (a VampPrior's
+    components inside ``variants.priors.fixed``: an encoder pass over its ``K`` pseudo-inputs) would
+    otherwise be counted in ``fn(1)`` only and make the difference too small (at the floor
+    ``MIN_UNIT_BYTES``, a pass thousands of times too large). With a ``model``, the measurement is
+    kept for it under ``key`` (the input's shape, dtype, ...): a model's cost per unit does not
+    change with its weights, and a measurement costs three small passes, two under a Python
+    dispatch mode (milliseconds, which an evaluation every epoch would repeat)."""
     cache = _UNIT_BYTES.setdefault(model, {}) if model is not None else {}
     per_unit = cache.get(key)
     if per_unit is None:
+        device = torch.device(device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type="cuda"):
+            fn(1)  # fills what a first call caches (see above); the caller's random stream is kept
         small, large = allocated_bytes(lambda: fn(1), device), allocated_bytes(lambda: fn(3), device)
         per_unit = cache[key] = max(MIN_UNIT_BYTES, (large - small) / (2 * unit))
     return int(max(1, min(MAX_CHUNK, pass_bytes(device) // per_unit)))

@@ -49,7 +49,54 @@ def test_a_pass_holds_the_cpu_budget_measured_per_log_weight():
     probes = len(model.calls)
     assert metrics.log_weight_chunk(model, x) == passes.CPU_PASS_BYTES // per_lw and len(model.calls) == probes  # kept
     metrics.log_weight_chunk(model, torch.zeros(13, 3))  # another input shape: measured again
-    assert len(model.calls) == probes + 2
+    assert len(model.calls) == probes + 3  # a first call, then the two measured ones
+
+
+class CachedOnce(KnownCost):
+    """:class:`KnownCost` plus a 4 MB tensor allocated at the first call only and kept (as a
+    VampPrior's components are inside ``variants.priors.fixed``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cache = None
+
+    def log_weights(self, x, k=1, params=None):
+        if self.cache is None:
+            self.cache = torch.ones(2**20)
+        return super().log_weights(x, k, params)
+
+
+def test_what_a_first_call_caches_is_not_taken_for_a_negative_cost_per_log_weight():
+    """Measured as ``fn(3) - fn(1)``, a cache filled by ``fn(1)`` would come out of the difference
+    (4 MB against 8 x 408 bytes: below the floor, a pass 6 times the budget here, thousands of times
+    on a 784-pixel model); the first call is made before the measurement, so the chunk is the
+    budget over 408 bytes, as without the cache."""
+    assert metrics.log_weight_chunk(CachedOnce(), torch.zeros(13, 2)) == passes.CPU_PASS_BYTES // 408
+
+
+@pytest.mark.parametrize("variant", ["hierarchical", "vanilla"])
+def test_a_vampprior_held_fixed_sizes_passes_as_it_does_outside(variant):
+    """Inside ``priors.fixed`` (log p(x), the test ELBO, AIS, the gaps) the first ``log p(z)``
+    computes the VampPrior's components (an encoder pass over K = 500 pseudo-inputs of 784 pixels)
+    and keeps them: the pass sizes must be those measured outside the block, where every call pays
+    for them. (Hierarchical, 8-dimensional top latent: without the first call made before the
+    measurement, 524,288 log-weights a pass instead of about 270: the suite's 17 GB log p(x).)"""
+    from variants import priors
+
+    def model():
+        torch.manual_seed(0)
+        m = variants.build(variant, x_shape=(784,), latent_dim=40, hidden=(200, 200))
+        return priors.attach(m, "vamp", 500).eval()
+
+    x = (torch.rand(8, 784) < 0.3).float()
+    held, free = model(), model()
+    with priors.fixed(held):
+        chunk = metrics.log_weight_chunk(held, x)
+    with priors.fixed(held):
+        draws = ais.draws_per_pass(held, x)
+    assert chunk == metrics.log_weight_chunk(free, x)
+    assert draws == ais.draws_per_pass(free, x)
+    assert chunk < 1000 and draws < 1000  # the prior's [chunk, K, d] terms and the 784-pixel decoder counted
 
 
 @pytest.mark.parametrize("k, chunk, split", [(1000, 1600, (1, 1000)), (50, 7, (1, 7)), (5, 100, (13, 5)), (5, 12, (2, 5))])
