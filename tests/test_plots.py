@@ -266,6 +266,7 @@ def test_runs_the_suite_file_sets_apart_are_distinct_results(tmp_path):
                                      "vanilla (prior=vamp, prior_components=500)"]
     assert runs["vamp"] in df["run_id"].tolist() and any("1 other run(s)" in n for n in notes)
     assert df["setting"].tolist() == [v.split(" (")[1][:-1] for v in df["variant"]]
+    assert df["run_name"].tolist() == [f"vanilla/elbo/digits/seed0 ({s})" for s in df["setting"]]
     # the bounds against training examples: one panel per prior (drawn only where settings set runs apart)
     paths = {p.name for p in plots.draw("priors", tmp_path / "out", uri)}
     assert "bounds_vs_examples.png" in paths

@@ -739,7 +739,8 @@ def samples(ctx: Context):
 
     images = []
     with tempfile.TemporaryDirectory() as tmp:
-        for (v, o, ds), g in ctx.df.groupby(KEY, sort=True):
+        groups = sorted(ctx.df.groupby(KEY, sort=True), key=lambda kg: (_setting_order(kg[0][0]), *kg[0][1:]))
+        for (v, o, ds), g in groups:
             r = g.sort_values("seed").iloc[0]
             try:
                 local = ctx.client.download_artifacts(r["run_id"], "samples.png", tmp)
@@ -752,10 +753,16 @@ def samples(ctx: Context):
     cols = min(len(images), 4)
     rows = math.ceil(len(images) / cols)
     color = _colors(ctx.df)
-    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, (WIDTH / cols + 0.45) * rows), squeeze=False)
+    def title(v, o, ds, seed):
+        label = _group_label(v, o)
+        label = label.replace(" (", "\n(", 1) if len(label) > 24 else label  # settings on a line of their own
+        return f"{label}\nseed {seed}" + (f", {ds}" if multi_ds else "")
+
+    multi_ds = len({i[2] for i in images}) > 1
+    lines = max(title(*i[:4]).count("\n") + 1 for i in images)
+    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, (WIDTH / cols + 0.2 * lines + 0.05) * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    multi_ds = len({i[2] for i in images}) > 1
     for ax, (v, o, ds, seed, img) in zip(axes.flat, images):
         ax.axis("on")
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
@@ -764,7 +771,7 @@ def samples(ctx: Context):
         for s in ax.spines.values():
             s.set_edgecolor(color(v, o))
             s.set_linewidth(3)
-        ax.set_title(f"{_group_label(v, o)}\nseed {seed}" + (f", {ds}" if multi_ds else ""), fontsize=9)
+        ax.set_title(title(v, o, ds, seed), fontsize=9)
     fig.tight_layout()
     return fig
 

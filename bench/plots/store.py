@@ -122,7 +122,9 @@ def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
     several = k.groupby([df[c] for c in KEY]).transform("nunique") > 1
     df.loc[several, "objective"] = df.loc[several, "objective"] + " (k=" + k[several] + ")"
     df["setting"] = _settings(df, setting_keys(suite))
-    df.loc[df["setting"] != "", "variant"] = df["variant"] + " (" + df["setting"] + ")"
+    has = df["setting"] != ""
+    df.loc[has, "variant"] = df["variant"] + " (" + df["setting"] + ")"
+    df.loc[has, "run_name"] = df["run_name"] + " (" + df["setting"] + ")"  # the notes name runs by it
     df["_done"] = df["status"] == "FINISHED"
     df = df.sort_values(["_done", "start_time"])
     n = len(df)
