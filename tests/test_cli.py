@@ -240,3 +240,31 @@ def test_the_cli_and_the_mnist_fetch_import_without_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "blocked"
+
+
+def test_a_refused_ray_connection_names_token_authentication_when_a_token_exists(tmp_path, monkeypatch):
+    """``ray start`` enables token authentication when ``~/.ray/auth_token`` exists, a driver given an
+    address only under ``RAY_AUTH_MODE=token``: the error says so then, and only then."""
+    import types
+
+    from bench.errors import BenchError
+    from bench.run.executors import RayTasks
+
+    def refuse(address=None, **kwargs):
+        raise ConnectionError(f"Failed to connect to Ray cluster at {address}")
+
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: False, init=refuse))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with pytest.raises(BenchError) as plain:
+        RayTasks("127.0.0.1:6379", 1)
+    assert "cannot connect to the Ray cluster at 127.0.0.1:6379" in str(plain.value)
+    assert "RAY_AUTH_MODE" not in str(plain.value)  # no token here: no hint
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("x")
+    with pytest.raises(BenchError, match="try RAY_AUTH_MODE=token"):
+        RayTasks("127.0.0.1:6379", 1)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    with pytest.raises(BenchError) as with_token:
+        RayTasks("127.0.0.1:6379", 1)
+    assert "RAY_AUTH_MODE" not in str(with_token.value)

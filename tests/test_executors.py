@@ -92,3 +92,4 @@ def test_ray_workers_into_a_server_on_postgres(tmp_path, postgres, tiny_ref):
             assert not client.list_artifacts(r.info.run_id, "checkpoints")  # deleted when it finished
     finally:
         ui.stop(proc)
+

@@ -38,6 +38,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.errors import BenchError, ConfigError
 from bench.plugins import NO_PLUGINS, Plugins, ensure, ray_modules
@@ -273,6 +274,16 @@ def _ray_execute(job: Job) -> Outcome:
     return execute(job)
 
 
+def _ray_auth_hint() -> str:
+    """Ray 2.60's ``ray start`` turns token authentication on when ``~/.ray/auth_token`` exists,
+    while a driver given an address uses the token only under ``RAY_AUTH_MODE=token``: the
+    connection then fails with ``InvalidAuthToken`` lines in Ray's log and a bare error here."""
+    if (Path.home() / ".ray" / "auth_token").is_file() and os.environ.get("RAY_AUTH_MODE") != "token":
+        return ("\n(~/.ray/auth_token exists: a cluster started here with 'ray start' may require token "
+                "authentication; try RAY_AUTH_MODE=token in the environment of 'bench run')")
+    return ""
+
+
 class RayTasks:
     """``--executor ray``: one Ray task per run (see the module docstring)."""
 
@@ -297,7 +308,7 @@ class RayTasks:
             try:
                 ray.init(address=address, **kwargs)
             except (ConnectionError, ValueError, RuntimeError) as e:
-                raise BenchError(f"cannot connect to the Ray cluster at {address}: {e}") from None
+                raise BenchError(f"cannot connect to the Ray cluster at {address}: {e}{_ray_auth_hint()}") from None
         self.remote_fn = ray.remote(max_retries=0)(_ray_execute)
         self.refs: dict = {}
 
