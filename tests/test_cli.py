@@ -268,3 +268,20 @@ def test_a_refused_ray_connection_names_token_authentication_when_a_token_exists
     with pytest.raises(BenchError) as with_token:
         RayTasks("127.0.0.1:6379", 1)
     assert "RAY_AUTH_MODE" not in str(with_token.value)
+
+
+def test_without_an_address_ray_starts_a_cluster_of_its_own(monkeypatch):
+    """No ``--ray-address``: ``ray.init(address="local")``, a new local cluster for the invocation,
+    never a cluster a ``ray start`` left on the machine (``ray.init()`` would join it, or wait on a
+    dead one, through ``/tmp/ray/ray_current_cluster``: seen with a stale file)."""
+    import types
+
+    from bench.run.executors import RayTasks
+
+    seen = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda address=None, **kw: seen.append(address),
+                                 remote=lambda **kw: (lambda fn: fn))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    RayTasks(None, 1)
+    RayTasks("ray://head:10001", 1)
+    assert seen == ["local", "ray://head:10001"]

@@ -306,7 +306,9 @@ class RayTasks:
                 kwargs["runtime_env"] = {"py_modules": [os.path.dirname(bench.__file__), os.path.dirname(variants.__file__),
                                                         *ray_modules(plugins)]}
             try:
-                ray.init(address=address, **kwargs)
+                # no address: a new local cluster ("local"), never one a 'ray start' left on this
+                # machine (ray.init() would join it through /tmp/ray/ray_current_cluster, or wait on it)
+                ray.init(address=address or "local", **kwargs)
             except (ConnectionError, ValueError, RuntimeError) as e:
                 raise BenchError(f"cannot connect to the Ray cluster at {address}: {e}{_ray_auth_hint()}") from None
         self.remote_fn = ray.remote(max_retries=0)(_ray_execute)
