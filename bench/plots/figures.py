@@ -18,6 +18,7 @@ legend. Names, labels, units and directions come from ``bench.vocabulary``.
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -216,7 +217,7 @@ def learning_curves(ctx: Context):
 
 def _setting_order(label: str):
     """Panels in the order of their settings' numbers where they have them (latent 3, 5, 10, 20, 200)."""
-    nums = [float(x) for x in __import__("re").findall(r"=(-?\d+(?:\.\d+)?(?:e-?\d+)?)\b", label)]
+    nums = [float(x) for x in re.findall(r"=(-?\d+(?:\.\d+)?(?:e-?\d+)?)\b", label)]
     return (nums, label)
 
 
@@ -239,7 +240,7 @@ def bounds_vs_examples(ctx: Context):
     train["value"] = -train["value"]
     n_train = pd.to_numeric(df.set_index("run_id").get("params.train_examples"), errors="coerce")
     setting = df.set_index("run_id")["setting"]
-    base = df.set_index("run_id")["variant"].str.replace(r" \(.*\)$", "", regex=True)
+    base = df.set_index("run_id")["params.variant"]  # the variant's name, without the setting's label
     parts = []
     for h, kind in ((train, "train"), (held, "held-out")):
         if h.empty:
