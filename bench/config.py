@@ -222,6 +222,27 @@ def skipped_measurements(cfg: RunConfig, variant_cls) -> dict[str, str]:
     return out
 
 
+def sampling_modes(cfg: RunConfig, variant_cls) -> set[str]:
+    """The sampling modes (``variants.base.MODES``) a run draws in: its objective's, those of its
+    ``grad_objectives`` (measured on the same model), and the variant's ``eval_mode`` (every
+    bound, log p(x) and gap it logs)."""
+    from bench import objectives
+
+    modes = {variant_cls.eval_mode}
+    for name in (cfg.objective, *cfg.grad_objectives):
+        modes |= objectives.spec(name).modes
+    return modes
+
+
+def unread_options(cfg: RunConfig, variant_cls) -> set[str]:
+    """The variant options this run does not read: those of the variant's ``mode_options`` none
+    of whose modes the run samples in (:func:`sampling_modes`); the temperature schedule of a
+    discrete variant trained and measured with the score function, for instance. Two
+    configurations that differ only there compute the same numbers, bit for bit."""
+    modes = sampling_modes(cfg, variant_cls)
+    return {o for o, read_in in getattr(variant_cls, "mode_options", {}).items() if not read_in & modes}
+
+
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 PLACEMENT = tuple(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("placement"))
 SETTABLE = sorted(

@@ -86,6 +86,10 @@ class BadModes(VanillaVAE):
     eval_mode = "score"
 
 
+class BadModeOptions(VanillaVAE):  # an option the constructor does not take; a mode the class lacks
+    mode_options = {"tau": frozenset({"relaxed"}), "latent_dim": frozenset({"teleport"})}
+
+
 class NotAVAE(torch.nn.Module):
     pass
 
@@ -101,6 +105,8 @@ class NotAVAE(torch.nn.Module):
     (IgnoresParams, r"log_weights\(x, k, params=\.\.\.\) ignores `params`"),
     (NoActivation, r"its constructor must accept the keyword\(s\) activation"),
     (BadModes, r"modes = \['reparam', 'teleport'\]: must be a non-empty subset .*\n- eval_mode = 'score' is not among"),
+    (BadModeOptions, r"mode_options names 'tau', which is not a keyword of its constructor\n- mode_options\['tau'\] = "
+                     r"\['relaxed'\]: must be a non-empty subset of its modes .*\n- mode_options\['latent_dim'\]"),
     (NotAVAE, r"it must be a subclass of variants\.base\.VAE"),
 ])
 def test_a_broken_variant_fails_with_the_message_naming_its_fault(cls, message):

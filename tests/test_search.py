@@ -74,6 +74,48 @@ def test_expected_max_known_answer_and_brute_force():
     assert abs(sum(sorted(scores)[-3:]) / 3 - formula[2][0]) > 0.2
 
 
+# -- settings a run does not read ------------------------------------------------------------------
+def test_the_temperature_is_unread_exactly_where_no_sample_is_relaxed():
+    from bench.config import RunConfig, unread_options
+    from variants import get
+
+    schedule = {"tau0", "tau_min", "anneal_rate", "anneal_every"}
+    cat, bern = get("gumbel-softmax"), get("bernoulli")
+
+    def unread(variant, objective, grad=()):
+        return unread_options(RunConfig(variant=variant, objective=objective, grad_objectives=list(grad)), get(variant))
+
+    assert unread("gumbel-softmax", "nvil") == schedule | {"prior_tau"} == set(cat.mode_options)
+    assert unread("bernoulli", "disarm") == schedule | {"prior_tau"} == set(bern.mode_options)
+    assert unread("gumbel-softmax", "st-gumbel") == {"prior_tau"}  # the straight-through sample reads tau
+    assert unread("gumbel-softmax", "concrete") == set()  # the relaxed prior reads prior_tau
+    assert unread("gumbel-softmax", "nvil", grad=["gumbel-softmax"]) == set()  # measured on a relaxed sample
+    assert unread("vanilla", "elbo") == set()
+
+
+def _train(objective: str, anneal_rate: float) -> dict:
+    from bench.config import RunConfig
+    from bench.data import load
+    from bench.train import run
+
+    cfg = RunConfig(variant="gumbel-softmax", objective=objective, dataset="digits", k=1, epochs=2, batch_size=50,
+                    hidden=[16], train_size=200, test_size=40, val_k=2, eval_k=4, gap_size=4, gap_steps=3, gap_k=4,
+                    grad_draws=2, grad_batch=8, lr=3e-3, device="cpu",
+                    variant_options={"n_latent": 4, "n_classes": 3, "anneal_rate": anneal_rate, "anneal_every": 1})
+    return {m: v for m, v in run(cfg, load("digits"), lambda *a: None).history.items() if not m.startswith(TIMINGS)}
+
+
+def test_a_run_that_does_not_read_the_temperature_computes_the_same_numbers_bit_for_bit():
+    """The claim behind one run for trials that differ only in unread settings: the score function
+    trained with tau annealed hard (to tau_min after a few steps) or not at all gives every logged
+    number equal; the power check, straight-through Gumbel-softmax, reads tau and differs."""
+    a, b = _train("nvil", 0.0), _train("nvil", 0.5)
+    assert sorted(a) == sorted(b) and {"train/loss", "val/elbo", "test/elbo", "test/log_px"} <= set(a)
+    assert a == b
+    st0, st1 = _train("st-gumbel", 0.0), _train("st-gumbel", 0.5)
+    assert st0["train/loss"] != st1["train/loss"]
+
+
 # -- the [search] table -----------------------------------------------------------------------------
 BASE = """
 [defaults]
@@ -321,3 +363,53 @@ def test_the_report_shows_each_cells_tuning_and_compare_pairs_tuned_cells(search
     c = compare(MlflowClient(uri), "search")
     assert c.coords == ["cell", "seed"] and len(c.runs["run_id_a"].unique()) == 4
     assert (c.runs["diff"].dropna() == 0).all()
+
+
+@pytest.mark.slow
+def test_trials_that_differ_only_in_unread_settings_are_one_run_and_share_its_fate(tmp_path, store):
+    """``tests/suites/search-unread.toml``: lr x the temperature's anneal rate, successive halving at
+    epochs 1 and 3. The score function (nvil) does not read the temperature: its four trials are
+    two runs, each serving two trials, promoted or pruned together; straight-through Gumbel-
+    softmax reads it: four runs. The report counts both."""
+    import optuna
+
+    from bench.plots.report import draw
+
+    path = ROOT / "tests" / "suites" / "search-unread.toml"
+    assert cli.main(["run", "--suite", str(path), "--tracking-uri", store]) == 0
+    client = MlflowClient(store)
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("search-unread").experiment_id],
+                                          max_results=100) if r.data.tags.get("vaebench.role") == "child"]
+    trials = {cell: [r for r in runs if r.data.tags["vaebench.search.cell"] == cell
+                     and "vaebench.search.selected" not in r.data.tags]
+              for cell in ("gumbel-softmax/nvil/digits", "gumbel-softmax/st-gumbel/digits")}
+    st = trials["gumbel-softmax/st-gumbel/digits"]
+    assert len(st) == 4 and sorted(r.data.tags["vaebench.search.trials"] for r in st) == ["0", "1", "2", "3"]
+    assert {r.data.params["option.anneal_rate"] for r in st} == {"0.0", "0.5"}
+    nvil = trials["gumbel-softmax/nvil/digits"]
+    assert len(nvil) == 2 and {r.data.params["lr"] for r in nvil} == {"0.001", "0.03"}
+    assert not [r for r in nvil if "option.anneal_rate" in r.data.params]  # the cell's value (none): not read
+    served = {r.info.run_id: [int(n) for n in r.data.tags["vaebench.search.trials"].split()] for r in nvil}
+    assert sorted(n for ns in served.values() for n in ns) == [0, 1, 2, 3] and all(len(ns) == 2 for ns in served.values())
+    study = optuna.load_study(study_name=nvil[0].data.tags["vaebench.search.study"],
+                              storage=f"sqlite:///{tmp_path / 'mlflow-optuna.db'}")
+    by_number = {t.number: t for t in study.trials}
+    for r in nvil:
+        ns = served[r.info.run_id]
+        assert len({by_number[n].params["lr"] for n in ns}) == 1  # the same lr, both anneal rates
+        assert len({by_number[n].params["option.anneal_rate"] for n in ns}) == 2
+        states = {by_number[n].state.name for n in ns}
+        if r.info.status == "FINISHED":  # the promoted run: both its trials complete, with its score at epoch 3
+            assert states == {"COMPLETE"} and sorted(_history(store, r.info.run_id)) == [1, 2, 3]
+            assert {by_number[n].value for n in ns} == {_history(store, r.info.run_id)[3]}
+            winner = min(ns)
+        else:  # pruned at the first rung, both its trials with it
+            assert states == {"PRUNED"} and r.data.tags["vaebench.search.pruned"] == "1"
+    (final,) = [r for r in runs if r.data.tags["vaebench.search.cell"] == "gumbel-softmax/nvil/digits"
+                and r.data.tags.get("vaebench.search.selected") == "true"]
+    assert final.data.tags["vaebench.search.trial"] == str(winner) and "option.anneal_rate" not in final.data.params
+    draw("search-unread", tmp_path / "report", store)
+    readme = (tmp_path / "report" / "search-unread" / "README.md").read_text()
+    assert f"| gumbel-softmax/nvil/digits | 4 (2 runs) | 2 | 0 | lr={float(final.data.params['lr']):.3g}, " \
+           "option.anneal_rate=(not read) |" in readme
+    assert "| gumbel-softmax/st-gumbel/digits | 4 | 3 | 0 | lr=" in readme

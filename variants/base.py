@@ -151,6 +151,11 @@ class VAE(nn.Module):
     * ``prior_parameter_names``: the attributes holding the variant's own learned prior's
       parameters (``bernoulli``: ``prior_logits``); :meth:`prior_parameters` returns them with an
       attached prior's (what the config's ``prior_optimizer`` trains).
+    * ``mode_options``: constructor options read only when sampling in some modes, each with those
+      modes (the discrete variants' temperature schedule is read by the ``relaxed`` and
+      ``straight-through`` samples only). A run none of whose samples is in those modes ignores
+      the option (``bench.config.unread_options``): a search's trials that differ only there are
+      one run.
     """
 
     name: ClassVar[str] = "?"
@@ -165,6 +170,7 @@ class VAE(nn.Module):
     not_applicable: ClassVar[dict[str, str]] = {}
     learned_priors: ClassVar[frozenset[str]] = frozenset()
     prior_parameter_names: ClassVar[tuple[str, ...]] = ()
+    mode_options: ClassVar[dict[str, frozenset[str]]] = {}
 
     def __init__(self, x_shape: tuple[int, ...], likelihood: str) -> None:
         super().__init__()

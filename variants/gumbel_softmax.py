@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -72,7 +73,14 @@ class CategoricalTerms(LogWeightTerms):
 class AnnealedTemperature:
     """The relaxation temperature of a discrete variant and its schedule (Jang et al. 2017):
     ``tau = max(tau_min, tau0 * exp(-anneal_rate * t))``, recomputed every ``anneal_every``
-    optimizer steps in :meth:`on_train_step`. ``tau`` is a buffer, saved with the weights."""
+    optimizer steps in :meth:`on_train_step`. ``tau`` is a buffer, saved with the weights.
+    Only the relaxed and straight-through samples read it (the ``score`` sample is the exact
+    ``argmax``), and only the relaxed prior reads ``prior_tau``: ``mode_options``."""
+
+    mode_options: ClassVar[dict[str, frozenset[str]]] = {
+        **dict.fromkeys(("tau0", "tau_min", "anneal_rate", "anneal_every"), frozenset({"relaxed", "straight-through"})),
+        "prior_tau": frozenset({"relaxed"}),
+    }
 
     def init_temperature(self, tau0: float, tau_min: float, anneal_rate: float, anneal_every: int) -> None:
         if not (0 < tau_min <= tau0) or anneal_rate < 0 or anneal_every < 1:

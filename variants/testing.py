@@ -10,6 +10,7 @@ It builds the class on a small shape as the harness does (``x_shape``, ``latent_
 1. **declarations**: a subclass of ``variants.base.VAE``; ``latent`` one of continuous, discrete,
    quantized; ``modes`` a non-empty subset of ``variants.base.MODES`` holding ``eval_mode``;
    ``default_k >= 1``; ``default_objective`` a registered objective that applies to the class;
+   ``mode_options`` keywords of the constructor, each read in a non-empty subset of ``modes``;
 2. **construction** with the harness's keywords;
 3. **shapes**: ``terms(x, k, mode=m)`` for every declared mode gives ``log p(x|z)``, ``log p(z)``,
    ``log q(z|x)`` of shape ``[k, B]``, finite, and ``kl`` ``None`` or ``[B]``; ``log_weights(x, k)``
@@ -34,6 +35,7 @@ It builds the class on a small shape as the harness does (``x_shape``, ``latent_
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 
@@ -102,6 +104,12 @@ def _declarations(cls, fail) -> None:
         fail(f"eval_mode = {cls.eval_mode!r} is not among its modes {sorted(modes)}")
     if not (isinstance(cls.default_k, int) and cls.default_k >= 1):
         fail(f"default_k = {cls.default_k!r}: must be an integer >= 1")
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    for option, read_in in getattr(cls, "mode_options", {}).items():
+        if option not in accepted:
+            fail(f"mode_options names {option!r}, which is not a keyword of its constructor")
+        if not (read_in and set(read_in) <= modes):
+            fail(f"mode_options[{option!r}] = {sorted(read_in)}: must be a non-empty subset of its modes {sorted(modes)}")
     try:
         from bench import objectives  # the harness's objectives (imported here only: variants sits below bench)
     except ImportError:

@@ -77,11 +77,17 @@ def _is_trial(row: dict) -> bool:
 
 def load_trials(suite: str, tracking_uri: str) -> pd.DataFrame:
     """The search trials of ``suite`` (validation only; not in :func:`load_runs`): one row per
-    trial run with ``cell`` and ``trial`` (its number) columns; where a trial was run more than
-    once (an invocation at other code), the latest run. Empty without a search."""
-    from bench.store.tracking import TAG_SEARCH_CELL, TAG_SEARCH_TRIAL
+    trial with ``cell`` and ``trial`` (its number) columns. A run that served several trials (tag
+    ``vaebench.search.trials``: settings that differ only where the run does not read them) gives
+    each of them a row; where a trial was run more than once (an invocation at other code), the
+    latest run. Empty without a search."""
+    from bench.store.tracking import TAG_SEARCH_CELL, TAG_SEARCH_TRIAL, TAG_SEARCH_TRIALS
 
-    rows = [r for r in _child_rows(suite, tracking_uri) or [] if _is_trial(r)]
+    rows = []
+    for r in _child_rows(suite, tracking_uri) or []:
+        if _is_trial(r):
+            served = str(r.get(f"tags.{TAG_SEARCH_TRIALS}") or r.get(f"tags.{TAG_SEARCH_TRIAL}", "")).split()
+            rows += [r | {f"tags.{TAG_SEARCH_TRIAL}": n} for n in served or [""]]
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)

@@ -50,7 +50,9 @@ def _setting(row: pd.Series, spec) -> str:
             col = f"params.objective_option.{row.get('params.objective', '?')}.{name.removeprefix('objective_option.')}"
         else:
             col = f"params.{name}"
-        value = row.get(col, "?")
+        value = row.get(col)
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            value = "(not read)" if name.startswith("option.") else "?"  # bench.config.unread_options
         with contextlib.suppress(ValueError):
             value = f"{float(value):.3g}" if "." in str(value) or "e" in str(value) else value
         out.append(f"{name}={value}")
@@ -105,8 +107,15 @@ def tuning_section(finals: pd.DataFrame, trials: pd.DataFrame, spec) -> list[str
         sel = t[t["trial"] == int(chosen[0])] if len(chosen) == 1 else t.iloc[:0]
         setting = _setting(sel.iloc[0], spec) if len(sel) else "not selected yet"
         score = m.format(values(sel, metric).iloc[0]) if len(sel) else "—"
-        out.append(f"| {cell} | {len(t)} | {pruned} | {failed} | {setting} | {score} | "
+        runs = t["run_id"].nunique()
+        n_trials = f"{len(t)} ({runs} runs)" if runs < len(t) else f"{len(t)}"
+        out.append(f"| {cell} | {n_trials} | {pruned} | {failed} | {setting} | {score} | "
                    + " | ".join(_mean_sd(values(f, x.name), x.decimals) for x in tests) + " |")
     out += ["", "The trials' own runs are in the store (tag `vaebench.search.cell`), beside the study of each cell; "
-            "`runs.csv` holds the final runs only.", ""]
+            "`runs.csv` holds the final runs only."]
+    if trials["run_id"].nunique() < len(trials):
+        out += ["", "Trials whose settings differ only in what their runs do not read (a discrete variant's temperature "
+                "schedule, where every sample is exact: the score function) are one run, counted once in the runs and "
+                "once per trial in the trials and the pruned; such a setting reads `(not read)`."]
+    out += [""]
     return out

@@ -40,6 +40,14 @@ their runs from their checkpoints, or reuses them), replays the rungs from the r
 asks only what the budget still lacks; a finished, pruned or failed trial is not run again. The
 samplers are seeded per trial (``[search] seed``, the cell, the trial's number), so a resumed
 search asks what an uninterrupted one would have asked.
+
+**Trials that compute the same thing are one run.** A setting the run does not read
+(``bench.config.unread_options``: the temperature schedule of a discrete variant trained with the
+score function, whose samples are exact) is put back to the cell's value before the trial's run is
+keyed, so trials that differ only there share one run (tag ``vaebench.search.trials``: every trial
+it serves) and its scores, bit for bit what running each would give. They share its fate: a run
+goes on to the next rung if any of its trials is promoted. The study still holds every trial, so the
+budget and the samplers are those of the suite file; the report counts the runs beside the trials.
 """
 
 from __future__ import annotations
@@ -50,7 +58,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from bench.config import RunConfig, coerce, validate
+import variants
+from bench.config import RunConfig, coerce, unread_options, validate
 from bench.errors import BenchError, ConfigError
 from bench.run import plan as planning
 from bench.run.executors import make_executor
@@ -154,6 +163,18 @@ def apply(cfg: RunConfig, params: dict, spec: SearchSpec, where: str) -> RunConf
             setattr(cfg, name, coerce(name, value, source=where))
     validate(cfg, where)
     return cfg
+
+
+def read_only(cfg: RunConfig, base: RunConfig) -> RunConfig:
+    """``cfg`` with the variant options its run does not read (``bench.config.unread_options``)
+    put back to the cell's (``base``'s) values, or to the variant's defaults where the cell sets
+    none: the configuration keyed, logged and run."""
+    unread = unread_options(cfg, variants.get(cfg.variant))
+    if not unread & set(cfg.variant_options):
+        return cfg
+    opts = {k: v for k, v in cfg.variant_options.items() if k not in unread}
+    opts |= {k: v for k, v in base.variant_options.items() if k in unread}
+    return dataclasses.replace(cfg, variant_options=opts)
 
 
 def _sampler(spec: SearchSpec, label: str, number: int):
@@ -322,29 +343,41 @@ class Search:
                     alive[lab] = ns
                     continue
                 keep = promoted({n: cell.values[n][r] for n in ns}, self.spec.reduction_factor, self.higher) if ns else []
+                kept_runs = {self.trial_key(cell, n) for n in keep}
+                keep = [n for n in ns if self.trial_key(cell, n) in kept_runs]  # one run, one fate
                 for n in ns:
                     if n not in keep and cell.study.trials[n].state == S.RUNNING:
                         self.prune(cell, n, r)
                 alive[lab] = keep
         return 0
 
-    def trial_run(self, cell: Cell, n: int, stop_after: int) -> Planned:
+    def trial_config(self, cell: Cell, n: int) -> RunConfig:
+        """Trial ``n``'s configuration as it runs (:func:`read_only`)."""
         cfg = apply(cell.base, cell.study.trials[n].params, self.spec, f"{self.suite.path} [search] trial {n}")
-        cfg = dataclasses.replace(cfg, epochs=self.trial_epochs)
+        return read_only(dataclasses.replace(cfg, epochs=self.trial_epochs), cell.base)
+
+    def trial_key(self, cell: Cell, n: int) -> str:
+        """The run key of trial ``n`` (as :meth:`run_trials` keys it): trials of one key share one run."""
+        return planning.run_key(self.trial_config(cell, n), cell.planned.device)
+
+    def trial_run(self, cell: Cell, n: int, stop_after: int) -> Planned:
+        cfg = self.trial_config(cell, n)
         (p,) = planning.plan_runs([cfg], self.opts, self.loaded)
         for f in ("device", "threads", "cpus", "gpus"):
             setattr(p, f, getattr(cell.planned, f))
         p.stop_after = stop_after
-        shown = ", ".join(f"{k}={_show(v)}" for k, v in sorted(cell.study.trials[n].params.items()))
+        unread = {f"option.{o}" for o in unread_options(cfg, variants.get(cfg.variant))}
+        shown = ", ".join(f"{k}={_show(v)}" for k, v in sorted(cell.study.trials[n].params.items()) if k not in unread)
         p.title = f"{cell.label} trial {n} ({shown})"
         p.tags = {tracking.TAG_SEARCH_CELL: cell.label, tracking.TAG_SEARCH_TRIAL: str(n),
-                  tracking.TAG_SEARCH_STUDY: cell.study.study_name}
+                  tracking.TAG_SEARCH_TRIALS: str(n), tracking.TAG_SEARCH_STUDY: cell.study.study_name}
         return p
 
     def run_trials(self, ex, need: list[tuple[Cell, int]], stop_after: int) -> int:
         """Train the trials ``need`` to ``stop_after`` (0: to the end) as one invocation, then
         record each one's score at that epoch in its study (``trial.report``). Trials of one
-        configuration (a sampler may propose a setting twice) share one run."""
+        configuration (a sampler may propose a setting twice, or settings may differ only where
+        the run does not read them: :func:`read_only`) share one run."""
         import optuna
         from mlflow.tracking import MlflowClient
 
@@ -359,6 +392,7 @@ class Search:
         planned = list(by_key.values())
         for i, p in enumerate(planned):
             p.index = i
+            p.tags[tracking.TAG_SEARCH_TRIALS] = " ".join(str(n) for _, n in members[p.key])
         rc = self.invoke(ex, planned, "trials")
         if rc == 130:
             return rc
@@ -420,6 +454,7 @@ class Search:
             for seed in self.spec.final_seeds:
                 cfg = apply(dataclasses.replace(cell.base, seed=seed, evaluate="test"), best.params, self.spec,
                             f"{self.suite.path} [search] selected trial {best.number}")
+                cfg = read_only(cfg, cell.base)
                 (p,) = planning.plan_runs([cfg], self.opts, self.loaded)
                 for f in ("device", "threads", "cpus", "gpus"):
                     setattr(p, f, getattr(cell.planned, f))

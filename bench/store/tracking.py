@@ -105,6 +105,7 @@ TAG_REMEASURED_AT = "vaebench.remeasured.at"  # when (UTC)
 TAG_REMEASURED_NOTE = "vaebench.remeasured.note"  # what differs from the original measurement, if anything
 TAG_SEARCH_CELL = "vaebench.search.cell"  # a search's cell (variant/objective/dataset[ key=value]): trials and final runs
 TAG_SEARCH_TRIAL = "vaebench.search.trial"  # the trial's number in its cell's study (final runs: the selected trial's)
+TAG_SEARCH_TRIALS = "vaebench.search.trials"  # on a trial's run: every trial it serves (space-separated numbers; bench.run.search)
 TAG_SEARCH_STUDY = "vaebench.search.study"  # the Optuna study of the cell (bench.run.search)
 TAG_SEARCH_PRUNED = "vaebench.search.pruned"  # the epoch after which successive halving stopped the trial
 TAG_SEARCH_SELECTED = "vaebench.search.selected"  # "true" on the final runs of the selected setting
