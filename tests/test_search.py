@@ -268,6 +268,14 @@ def test_a_search_killed_with_sigkill_finishes_with_the_same_numbers(tmp_path, s
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    # the report of a search under way: no final runs yet, the trials begun and pruned so far
+    from bench.plots.report import draw
+
+    draw("search", tmp_path / "partial", store)
+    readme = (tmp_path / "partial" / "search" / "README.md").read_text()
+    assert "the search of 'search' has no final runs yet" in readme and "## Tuning" in readme
+    for cell in ("vanilla/elbo/digits", "iwae/iwae/digits"):  # the first rung decided: 3 trials begun, 2 pruned
+        assert f"| {cell} | 3 | 2 | 0 | not selected yet | — |" in readme
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     runs = [r for r in _runs(store) if r.data.tags.get("vaebench.role") == "child"]

@@ -83,6 +83,12 @@ def _report(suite, df, summary, figures, notes, tracking_uri, published_md=(), t
     if notes:
         out += ["## What is missing", ""] + [f"- {n}" for n in notes] + [""]
     if df.empty:
+        if tuning_md:  # a search under way
+            out += tuning_md
+            for f in figures:
+                spec = FIGURES[f.name]
+                out += [f"### {spec.title}", "", spec.caption, "", f"![{spec.title}]({f.name})", ""]
+            return "\n".join(out)
         out += ["No runs to report: run the suite first "
                 f"(`python -m bench run --suite {suite}`).", ""]
         return "\n".join(out)
@@ -148,6 +154,13 @@ def draw(suite: str, out: Path, tracking_uri: str, published=None) -> list[Path]
             c for c in df.columns if c.startswith(("metrics.", "params.")))
         df[keep].to_csv(dest / "runs.csv", index=False)
         written += [dest / "summary.csv", dest / "runs.csv"]
+    elif not trials.empty:  # a search with no final runs yet: its progress, and its figure
+        ctx = Context(suite, df, tracking_uri, notes, published, trials=trials)
+        tuning_md = tuning_report.tuning_section(df, trials, tuning_report.search_spec(suite, tracking_uri))
+        with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
+            fig = FIGURES["tuning.png"].draw(ctx)
+            if fig is not None:
+                written.append(save(fig, dest / "tuning.png"))
     figures = [p for p in written if p.suffix == ".png"]
     for n in notes:
         print(f"vaebench plots [{suite}]: {n}", file=sys.stderr)

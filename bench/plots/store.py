@@ -113,8 +113,12 @@ def load_runs(suite: str, tracking_uri: str) -> tuple[pd.DataFrame, list[str]]:
     rows = _child_rows(suite, tracking_uri)
     if rows is None:
         return pd.DataFrame(), [f"no experiment named {suite!r} in {store_name(tracking_uri)}: nothing has run yet"]
+    trials = [r for r in rows if _is_trial(r)]
     rows = [r for r in rows if not _is_trial(r)]
     if not rows:
+        if trials:  # a search under way: its trials are in the report's tuning section
+            return pd.DataFrame(), [f"the search of {suite!r} has no final runs yet: its trials so far are in the "
+                                    "tuning section (the same `python -m bench run` command goes on with it)"]
         return pd.DataFrame(), [f"experiment {suite!r} has no child runs yet"]
     df = pd.DataFrame(rows)
     mcols = [c for c in df.columns if c.startswith("metrics.")]

@@ -107,6 +107,7 @@ def tuning_section(finals: pd.DataFrame, trials: pd.DataFrame, spec) -> list[str
         sel = t[t["trial"] == int(chosen[0])] if len(chosen) == 1 else t.iloc[:0]
         setting = _setting(sel.iloc[0], spec) if len(sel) else "not selected yet"
         score = m.format(values(sel, metric).iloc[0]) if len(sel) else "—"
+        t = t[values(t, metric).notna() | (t["status"] == "FAILED")]  # begun (a search under way has trials not begun)
         runs = t["run_id"].nunique()
         n_trials = f"{len(t)} ({runs} runs)" if runs < len(t) else f"{len(t)}"
         out.append(f"| {cell} | {n_trials} | {pruned} | {failed} | {setting} | {score} | "
