@@ -272,6 +272,17 @@ def test_runs_the_suite_file_sets_apart_are_distinct_results(tmp_path):
     assert "bounds_vs_examples.png" in paths
 
 
+def test_labelled_runs_are_ordered_by_their_settings_numbers():
+    from bench.plots.store import setting_order
+
+    labels = [f"vanilla (latent_dim={n})" for n in (200, 3, 20, 5, 10)] + ["iwae (latent_dim=50)", "vanilla"]
+    assert sorted(labels, key=setting_order) == ["iwae (latent_dim=50)", "vanilla", *[
+        f"vanilla (latent_dim={n})" for n in (3, 5, 10, 20, 200)]]
+    assert sorted(labels)[2:5] == ["vanilla (latent_dim=10)", "vanilla (latent_dim=20)", "vanilla (latent_dim=200)"]
+    assert sorted(["lr=0.0003", "lr=1e-05", "lr=0.003"], key=setting_order) == ["lr=1e-05", "lr=0.0003", "lr=0.003"]
+    assert sorted(["latent_dim=20", "latent_dim=3"], key=setting_order) == ["latent_dim=3", "latent_dim=20"]
+
+
 def test_variant_colours_are_fixed_per_name():
     a = plots.variant_colors(["vanilla", "iwae", "my-new-variant"])
     b = plots.variant_colors(["my-new-variant", "ladder"])

@@ -18,7 +18,6 @@ legend. Names, labels, units and directions come from ``bench.vocabulary``.
 from __future__ import annotations
 
 import math
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from matplotlib.patches import Patch
 
 from bench import vocabulary
 from bench.plots import store
-from bench.plots.store import KEY, values
+from bench.plots.store import KEY, setting_order, values
 from bench.plots.style import WIDTH, estimator_color, variant_colors
 from bench.plots.tables import sd
 
@@ -215,12 +214,6 @@ def learning_curves(ctx: Context):
     return fig
 
 
-def _setting_order(label: str):
-    """Panels in the order of their settings' numbers where they have them (latent 3, 5, 10, 20, 200)."""
-    nums = [float(x) for x in re.findall(r"=(-?\d+(?:\.\d+)?(?:e-?\d+)?)\b", label)]
-    return (nums, label)
-
-
 @figure("bounds_vs_examples.png", "Training and held-out bounds against training examples",
         "For suites whose runs a setting sets apart (the latent size of `kingma2014`, the prior of "
         "`priors`): one panel per setting, the training bound (solid: minus `train/loss`, the objective's "
@@ -254,7 +247,7 @@ def bounds_vs_examples(ctx: Context):
         return None
     g = h.groupby(["setting", "dataset", "model", "objective", "kind", "examples"])["value"].mean().reset_index()
     panels = sorted(g[["setting", "dataset"]].drop_duplicates().itertuples(index=False),
-                    key=lambda p: (p[1], _setting_order(p[0])))
+                    key=lambda p: (p[1], setting_order(p[0])))
     # the y range from one decade of examples on (the first epochs of a poor start would flatten the
     # rest); lines shorter than a decade keep all their points
     first = g.groupby(["setting", "model", "objective"])["examples"].transform("min")
@@ -509,7 +502,7 @@ def _floor(ax, d: pd.DataFrame, df: pd.DataFrame, vertical: bool) -> None:
 def _gradient_lines(ctx: Context, g: pd.DataFrame, stat: str, ylabel: str, limits: tuple[float, float]):
     bottom, top = limits
     panels = sorted({(v, f) for v, f in zip(g["panel_variant"], g["family"])},
-                    key=lambda t: (t[0], FAMILY_ORDER.index(t[1])))
+                    key=lambda t: (setting_order(t[0]), FAMILY_ORDER.index(t[1])))
     colors = estimator_colors(sorted(g["objective"].unique()))
     ks = sorted(g["k"].unique())
     ncols = 2 if len(panels) > 1 else 1
@@ -554,7 +547,7 @@ def _gradient_dots(ctx: Context, g: pd.DataFrame, stat: str, xlabel: str, limits
     """Each estimator at its one k: a row per estimator (best at the top), the value (mean over
     seeds) and, for the SNR, its 95% interval (the union over seeds)."""
     bottom, top = limits
-    variants = sorted(g["panel_variant"].unique())
+    variants = sorted(g["panel_variant"].unique(), key=setting_order)
     colors = {o: estimator_color(i) for i, o in enumerate(sorted(g["objective"].unique()))}  # distinct here
     sizes = [g[g["panel_variant"] == v]["objective"].nunique() for v in variants]
     fig, axes = _rows_figure([0.5 + 0.3 * n for n in sizes], sharex=True)
@@ -740,7 +733,7 @@ def samples(ctx: Context):
 
     images = []
     with tempfile.TemporaryDirectory() as tmp:
-        groups = sorted(ctx.df.groupby(KEY, sort=True), key=lambda kg: (_setting_order(kg[0][0]), *kg[0][1:]))
+        groups = sorted(ctx.df.groupby(KEY, sort=True), key=lambda kg: (setting_order(kg[0][0]), *kg[0][1:]))
         for (v, o, ds), g in groups:
             r = g.sort_values("seed").iloc[0]
             try:

@@ -75,6 +75,16 @@ def _is_trial(row: dict) -> bool:
     return f"tags.{TAG_SEARCH_CELL}" in row and row.get(f"tags.{TAG_SEARCH_SELECTED}") != "true"
 
 
+def setting_order(label: str) -> tuple:
+    """A sort key that puts labelled runs in the order a reader expects: by the name before the
+    settings, then by the settings' numbers, then the label: ``vanilla (latent_dim=3)``, ``=5``,
+    ``=10``, ``=20``, ``=200`` (a string sort puts 10, 20, 200 before 3), ``lr=1e-05`` before
+    ``lr=0.0003``; a bare setting (``latent_dim=3``) is ordered by its numbers too."""
+    name = re.sub(r"=.*", "", label.split(" (")[0])
+    nums = [float(x) for x in re.findall(r"=(-?\d+(?:\.\d+)?(?:e-?\d+)?)\b", label)]
+    return (name, nums, label)
+
+
 def load_trials(suite: str, tracking_uri: str) -> pd.DataFrame:
     """The search trials of ``suite`` (validation only; not in :func:`load_runs`): one row per
     trial with ``cell`` and ``trial`` (its number) columns. A run that served several trials (tag

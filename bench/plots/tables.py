@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from bench import vocabulary
-from bench.plots.store import KEY, metric_names, skip_reason, values
+from bench.plots.store import KEY, metric_names, setting_order, skip_reason, values
 
 NA = "n/a"  # a measurement the variant skips by design (the reason under the table)
 MISSING = "—"  # not in the store (a failed run, or an older version of the harness)
@@ -31,7 +31,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     cols = table_columns(df)
     cols += [f"{n}_{b}" for n in cols if n.startswith("grad/") for b in ("lo", "hi") if f"metrics.{n}_{b}" in df]
     rows = []
-    for key, g in df.groupby(KEY, sort=True):
+    for key, g in sorted(df.groupby(KEY, sort=True), key=lambda kg: (setting_order(kg[0][0]), *kg[0][1:])):
         row = dict(zip(KEY, key))
         row["seeds"] = len(g)
         for name in cols:
