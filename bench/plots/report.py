@@ -71,6 +71,15 @@ def _description(suite: str) -> str:
         return ""
 
 
+def _figures_section(figures) -> list[str]:
+    """Each drawn figure's title, caption and image (Markdown lines)."""
+    out = []
+    for f in figures:
+        spec = FIGURES[f.name]
+        out += [f"### {spec.title}", "", spec.caption, "", f"![{spec.title}]({f.name})", ""]
+    return out
+
+
 def _report(suite, df, summary, figures, notes, tracking_uri, published_md=(), tuning_md=()) -> str:
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [f"# vaebench results: suite `{suite}`", ""]
@@ -84,11 +93,7 @@ def _report(suite, df, summary, figures, notes, tracking_uri, published_md=(), t
         out += ["## What is missing", ""] + [f"- {n}" for n in notes] + [""]
     if df.empty:
         if tuning_md:  # a search under way
-            out += tuning_md
-            for f in figures:
-                spec = FIGURES[f.name]
-                out += [f"### {spec.title}", "", spec.caption, "", f"![{spec.title}]({f.name})", ""]
-            return "\n".join(out)
+            return "\n".join(out + list(tuning_md) + _figures_section(figures))
         out += ["No runs to report: run the suite first "
                 f"(`python -m bench run --suite {suite}`).", ""]
         return "\n".join(out)
@@ -98,10 +103,7 @@ def _report(suite, df, summary, figures, notes, tracking_uri, published_md=(), t
             "`—`: not in the store; `n/a`: not applicable to the variant (reason under the table). The same "
             "numbers are in `summary.csv` (means, sds and counts) and every run in `runs.csv`.", "",
             *markdown_tables(df, summary), *published_md, *tuning_md]
-    out += ["## Figures", ""]
-    for f in figures:
-        spec = FIGURES[f.name]
-        out += [f"### {spec.title}", "", spec.caption, "", f"![{spec.title}]({f.name})", ""]
+    out += ["## Figures", "", *_figures_section(figures)]
     out += ["## Protocol", "", *_protocol(df), "",
             f"{len(df)} run(s); statuses: "
             + ", ".join(f"{s} {n}" for s, n in df["status"].value_counts().sort_index().items()), ""]

@@ -370,7 +370,7 @@ class Search:
         shown = ", ".join(f"{k}={_show(v)}" for k, v in sorted(cell.study.trials[n].params.items()) if k not in unread)
         p.title = f"{cell.label} trial {n} ({shown})"
         p.tags = {tracking.TAG_SEARCH_CELL: cell.label, tracking.TAG_SEARCH_TRIAL: str(n),
-                  tracking.TAG_SEARCH_TRIALS: str(n), tracking.TAG_SEARCH_STUDY: cell.study.study_name}
+                  tracking.TAG_SEARCH_STUDY: cell.study.study_name}
         return p
 
     def run_trials(self, ex, need: list[tuple[Cell, int]], stop_after: int) -> int:
