@@ -209,6 +209,48 @@ def test_artifact_checkpoints_commit_by_tag(store):
     assert tracking.TAG_CHECKPOINT not in client.get_run(run_id).data.tags
 
 
+
+def test_a_run_whose_checkpoint_is_missing_starts_over_and_ends_as_the_uninterrupted_run(store, capsys):
+    """A store carried to another machine without its artifacts: a run paused after epoch 1 (a
+    search rung) whose checkpoint file is gone starts over from epoch 0, says so, and finishes with
+    the uninterrupted run's metrics, each step once and bit for bit. Before this fallback the run
+    failed on the missing file."""
+    import shutil
+    from urllib.parse import urlparse
+
+    from bench.run.job import Job
+    from bench.run.worker import execute
+
+    cfg = _small("vanilla")
+    client = MlflowClient(store)
+    exp = client.create_experiment("t")
+
+    def job(run_id: str, stop_after: int = 0) -> Job:
+        return Job(uri=store, run_id=run_id, attempt="1", run_key="k", run_name="r", cfg=cfg,
+                             threads=1, stop_after=stop_after)
+
+    def history(run_id: str) -> dict:
+        return {m: [(h.step, h.value) for h in sorted(client.get_metric_history(run_id, m), key=lambda h: h.step)]
+                for m in client.get_run(run_id).data.metrics}
+
+    whole = client.create_run(exp, tags={tracking.TAG_ATTEMPT: "1"}).info.run_id
+    assert execute(job(whole)).status == "FINISHED"
+    carried = client.create_run(exp, tags={tracking.TAG_ATTEMPT: "1"}).info.run_id
+    assert execute(job(carried, stop_after=1)).status == "PAUSED"
+    tags = client.get_run(carried).data.tags
+    assert tags[tracking.TAG_CHECKPOINT] == "checkpoints/epoch-000001.pt"
+    shutil.rmtree(Path(urlparse(client.get_run(carried).info.artifact_uri).path) / "checkpoints")
+    capsys.readouterr()
+    out = execute(job(carried))
+    assert out.status == "FINISHED" and out.resumed_from is None, out.error
+    assert "checkpoints/epoch-000001.pt is not in the artifact store; the run starts over from epoch 0" in capsys.readouterr().err
+    got, want = history(carried), history(whole)
+    assert sorted(got) == sorted(want)
+    for m in want:
+        assert [s for s, _ in got[m]] == [s for s, _ in want[m]], m  # each step once
+        if not m.startswith(TIMINGS):
+            assert got[m] == want[m], m
+
 # -- liveness, placement, progress -----------------------------------------------------------------
 def test_a_run_is_alive_while_its_process_is():
     assert tracking.holder_alive(tracking.lease_tags())

@@ -17,10 +17,12 @@ containers, no code.
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from mlflow.exceptions import MlflowException
 
 from bench.store.tracking import TAG_CHECKPOINT
 
@@ -54,11 +56,22 @@ class ArtifactCheckpoints:
         self._repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri)
 
     def latest(self) -> dict | None:
-        """The newest complete checkpoint, or None when the run has none."""
+        """The newest complete checkpoint, or None when the run has none, or when the file its tag
+        names is not in the artifact store (a store carried to another machine without its
+        artifacts): then the run starts over from epoch 0, saying so on stderr. Nothing logged is
+        lost: the recomputed epochs are the stored ones (bit for bit on CPU) and the run's logger
+        writes each (metric, step) once."""
         if not self._current:
             return None
         with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(self.run_id, self._current, tmp)
+            try:
+                path = self.client.download_artifacts(self.run_id, self._current, tmp)
+            except MlflowException:
+                if any(f.path == self._current for f in self._repo.list_artifacts(DIR)):
+                    raise  # the file is there: the store failed (a listing that fails raises too)
+                print(f"run {self.run_id}: its checkpoint {self._current} is not in the artifact store; "
+                      "the run starts over from epoch 0", file=sys.stderr, flush=True)
+                return None
             return torch.load(path, map_location="cpu", weights_only=True)
 
     def save(self, state: dict, write_tags=None) -> None:
