@@ -14,8 +14,9 @@ A suite is a TOML file (``bench/suites/<name>.toml``, or any path)::
     datasets = ["digits"]          # or "npz:path/to/file.npz" (bench.data.read_npz; relative to
                                    # the working directory)
     seeds = [0, 1, 2]
-    [grid.set]                     # optional RunConfig keys for this grid only
-    k = 5
+    [grid.set]                     # optional RunConfig keys for this grid only, and its values of
+    k = 5                          # variant options (option.NAME) and objective options
+                                   # (objective_option.NAME), over [variant_options], [objective_options]
     [variant_options.planar-flow]  # keyword options passed to variants.build for that variant
     flow_length = 8
     [objective_options.rebar]      # keyword options of a trainable objective (bench.objectives)
@@ -373,9 +374,15 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None, pl
         seeds = seeds_override if seeds_override is not None else _ints(g, "seeds", [0], gwhere)
         if search is not None:
             seeds = [search.seed]  # a cell: the trials' seed
-        local = dict(base)
+        local, grid_options, grid_objective_options = dict(base), {}, {}
         for key, value in g.get("set", {}).items():
-            _check_keys({key: 0}, SETTABLE, f"{gwhere} set")
+            if key.startswith("option."):  # this grid's value of a variant option
+                grid_options[key.removeprefix("option.")] = value
+                continue
+            if key.startswith("objective_option."):
+                grid_objective_options[key.removeprefix("objective_option.")] = value
+                continue
+            _check_keys({key: 0}, SETTABLE, f"{gwhere} set (or option.NAME, objective_option.NAME)")
             local[key] = coerce(key, value, source=f"{gwhere} set")
         local.update(overrides)
         for v, d, s in itertools.product(names, dsets, seeds):
@@ -386,8 +393,10 @@ def load_suite(name_or_path: str, overrides: dict[str, object] | None = None, pl
                 except (objectives.UnknownObjectiveError, objectives.NotApplicableError) as e:
                     raise ConfigError(f"{gwhere}: {e}") from None
                 cfg = RunConfig(variant=v, objective=o, dataset=d, seed=s, **local)
-                cfg.variant_options = dict(options.get(v, {}))
+                cfg.variant_options = {**options.get(v, {}), **grid_options}
                 cfg.objective_options = {name: dict(opts) for name, opts in objective_options.items()}
+                if grid_objective_options:
+                    cfg.objective_options[o] = {**cfg.objective_options.get(o, {}), **grid_objective_options}
                 if cfg.k == 0:
                     cfg.k = vcls.default_k
                 runs.append(cfg)

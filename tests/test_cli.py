@@ -197,6 +197,29 @@ def test_every_shipped_suite_expands_to_valid_runs():
         assert suite.runs and suite.description, name
 
 
+def test_a_grids_set_carries_its_own_variant_and_objective_options(tmp_path, new_store, capsys):
+    """``option.NAME`` / ``objective_option.NAME`` in ``[grid.set]`` override the suite's option
+    tables for that grid's runs only; an option the variant does not have is refused before any run."""
+    suite = tmp_path / "opts.toml"
+    suite.write_text(
+        '[variant_options.gumbel-softmax]\nn_latent = 4\nanneal_rate = 1e-5\n'
+        '[objective_options.rebar]\nlearn_temperature = false\n'
+        '[[grid]]\nvariants = ["gumbel-softmax"]\nobjectives = ["gumbel-softmax"]\n'
+        '[grid.set]\nlr = 3e-3\n"option.anneal_rate" = 1e-4\n"option.anneal_every" = 500\n'
+        '[[grid]]\nvariants = ["gumbel-softmax"]\nobjectives = ["gumbel-softmax"]\n'
+        '[[grid]]\nvariants = ["bernoulli"]\nobjectives = ["rebar"]\n'
+        '[grid.set]\n"objective_option.eta" = 0.5\n'
+    )
+    first, second, third = load_suite(str(suite)).runs
+    assert first.lr == 3e-3 and first.variant_options == {"n_latent": 4, "anneal_rate": 1e-4, "anneal_every": 500}
+    assert second.variant_options == {"n_latent": 4, "anneal_rate": 1e-5}
+    assert third.objective_options["rebar"] == {"learn_temperature": False, "eta": 0.5}
+    suite.write_text('[[grid]]\nvariants = ["gumbel-softmax"]\n[grid.set]\n"option.bogus" = 3\n')
+    code, err = cli_main(["run", "--suite", str(suite), "--tracking-uri", new_store], capsys)
+    assert code == 2 and "does not accept option(s) bogus" in err and "anneal_rate" in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("command", ["plots", "ui"])
 def test_plots_and_ui_refuse_a_missing_store_without_creating_one(tmp_path, new_store, capsys, command):
     code, err = cli_main([command, "--tracking-uri", new_store], capsys)
