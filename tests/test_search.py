@@ -353,7 +353,9 @@ def test_search_storage_is_beside_the_store():
 @pytest.mark.slow
 def test_the_report_shows_each_cells_tuning_and_compare_pairs_tuned_cells(searched, tmp_path):
     from bench.plots.compare import compare
+    from bench.plots.figures import Context, _every_trial_scores, tuning_curve
     from bench.plots.report import draw
+    from bench.plots.store import load_runs, load_trials
 
     root, uri = searched
     written = draw("search", tmp_path, uri)
@@ -364,8 +366,18 @@ def test_the_report_shows_each_cells_tuning_and_compare_pairs_tuned_cells(search
         assert f"| {cell} | 3 | 2 | 0 | lr={float(lr):.3g} |" in readme
     runs_csv = (tmp_path / "search" / "runs.csv").read_text().splitlines()
     assert len(runs_csv) == 1 + 4  # the final runs; the trials are not results
-    assert tmp_path / "search" / "tuning.png" not in written  # one completed trial a cell: no curve to draw
-    assert "two or more completed trials" in readme
+    # one completed trial a cell: no curve of the trials trained to the end, but every trial (the
+    # pruned ones too) has its score at the first rung, epoch 1: the expected best over those
+    assert tmp_path / "search" / "tuning.png" in written and "two or more completed trials" not in readme
+    ctx = Context("search", load_runs("search", uri)[0], uri, [], trials=load_trials("search", uri))
+    first, epochs = _every_trial_scores(ctx, ctx.trials, "val/elbo")
+    assert epochs == {1} and sorted(first) == ["iwae/iwae/digits", "vanilla/elbo/digits"]
+    for cell, scores in first.items():
+        trials = [r for r in _runs(uri) if r.data.tags.get("vaebench.search.cell") == cell
+                  and "vaebench.search.selected" not in r.data.tags]
+        assert len(trials) == 3 and sorted(scores) == sorted(_history(uri, r.info.run_id)[1] for r in trials)
+    fig = tuning_curve(ctx)
+    assert [ax.get_title() for ax in fig.axes] == ["digits: every trial, at epoch 1"]
     # two invocations of the final runs (a rerun reuses them): paired by cell and seed
     assert cli.main(["run", "--suite", str(SEARCH), "--tracking-uri", uri]) == 0
     c = compare(MlflowClient(uri), "search")

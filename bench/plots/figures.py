@@ -787,10 +787,13 @@ def published(ctx: Context):
         "Dodge et al. (2019)'s expected maximum: for each cell, the expected best validation score among n trials "
         "drawn from the trials this search ran (their empirical distribution), with ± one sd as a band, for n from 1 "
         "to the budget. A ranking of estimators that holds at every n does not depend on the budget; curves that "
-        "cross say it does. Only the trials that trained to the end count (with a pruner, the pruned ones are left "
-        "out, so the curve describes the trials successive halving let through).")
+        "cross say it does. With a pruner two panels: every trial scored at the last epoch all of its cell's trials "
+        "reached (the first rung: an equal budget per trial), and the trials that trained to the end (the pruned "
+        "ones left out, so this curve describes the trials successive halving let through). Without one, the trials "
+        "that trained to the end.")
 def tuning_curve(ctx: Context):
     from bench.plots.tuning import completed, search_spec
+    from bench.store.tracking import TAG_SEARCH_PRUNED
     from bench.tuning import expected_max
 
     trials = ctx.trials
@@ -800,36 +803,69 @@ def tuning_curve(ctx: Context):
     metric = spec.metric if spec is not None else "val/elbo"
     m = vocabulary.get(metric)
     higher = m.direction == vocabulary.HIGHER
+    budget = trials.groupby("cell").size()
+    stages = []  # (title, {cell: curve})
+    if spec is not None and spec.pruner != "none":
+        pruned = trials[f"tags.{TAG_SEARCH_PRUNED}"].notna() if f"tags.{TAG_SEARCH_PRUNED}" in trials else False
+        first, epochs = _every_trial_scores(ctx, trials[(trials["status"] == "FINISHED") | pruned], metric)
+        curves = {c: expected_max(v, budget[c], higher) for c, v in first.items() if len(v) >= 2}
+        if curves:
+            at = f"epoch {epochs.pop()}" if len(epochs) == 1 else "the epoch all of its cell's trials reached"
+            stages.append((f"every trial, at {at}", curves))
     done = trials[completed(trials)]
     curves = {}
     for cell, t in done.groupby("cell"):
         v = [x for x in values(t, metric) if math.isfinite(x)]
         if len(v) >= 2:
-            curves[cell] = expected_max(v, len(trials[trials["cell"] == cell]), higher)
-    if not curves:
+            curves[cell] = expected_max(v, budget[cell], higher)
+    if curves:
+        stages.append(("the trials trained to the end" if stages else "", curves))
+    if not stages:
         ctx.notes.append("the tuning figure needs two or more completed trials in a cell: not drawn")
         return None
-    datasets = sorted({c.split("/")[2].split(" ")[0] for c in curves})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(WIDTH, 3.6), squeeze=False)
+    dataset = lambda cell: cell.split("/")[2].split(" ")[0]  # noqa: E731
+    datasets = sorted({dataset(c) for _, cs in stages for c in cs})
+    cells = sorted({c for _, cs in stages for c in cs})
+    fig, axes = plt.subplots(len(stages), len(datasets), figsize=(WIDTH, 3.4 * len(stages)), squeeze=False)
     labels = []
-    for ax, ds in zip(axes[0], datasets):
-        items = []
-        for i, (cell, curve) in enumerate(sorted(curves.items())):
-            if cell.split("/")[2].split(" ")[0] != ds:
-                continue
-            n = np.arange(1, len(curve) + 1)
-            mean = np.array([c[0] for c in curve])
-            sd = np.array([c[1] for c in curve])
-            color = estimator_color(i)
-            ax.plot(n, mean, color=color, lw=1.6)
-            ax.fill_between(n, mean - sd, mean + sd, color=color, alpha=0.15, lw=0)
-            items.append((n[-1], mean[-1], cell.rsplit("/", 1)[0], color))
-        ax.set_title(ds)
-        ax.set_xlabel("trials (budget)")
-        ax.set_ylabel(f"expected best {m.label} ({m.unit})")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        labels.append((ax, items))
+    for row, (stage, curves) in zip(axes, stages):
+        for ax, ds in zip(row, datasets):
+            items = []
+            for cell, curve in sorted(curves.items()):
+                if dataset(cell) != ds:
+                    continue
+                n = np.arange(1, len(curve) + 1)
+                mean = np.array([c[0] for c in curve])
+                sd = np.array([c[1] for c in curve])
+                color = estimator_color(cells.index(cell))
+                ax.plot(n, mean, color=color, lw=1.6)
+                ax.fill_between(n, mean - sd, mean + sd, color=color, alpha=0.15, lw=0)
+                items.append((n[-1], mean[-1], cell.rsplit("/", 1)[0], color))
+            ax.set_title(f"{ds}: {stage}" if stage else ds)
+            ax.set_xlabel("trials (budget)")
+            ax.set_ylabel(f"expected best {m.label} ({m.unit})")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            labels.append((ax, items))
     fig.tight_layout(rect=(0, 0, 0.85, 1))
     for ax, items in labels:
         end_labels(ax, items)
     return fig
+
+
+def _every_trial_scores(ctx: Context, trials: pd.DataFrame, metric: str) -> tuple[dict[str, list[float]], set[int]]:
+    """Per cell, every trial's ``metric`` at the last epoch all of the cell's trials reached (a
+    pruned trial's history stops at its rung; a run that served several trials counts for each),
+    and the set of those epochs."""
+    histories = {rid: {h.step: h.value for h in ctx.client.get_metric_history(rid, metric)}
+                 for rid in trials["run_id"].unique()}
+    out, epochs = {}, set()
+    for cell, t in trials.groupby("cell"):
+        steps = [histories[rid] for rid in t["run_id"]]
+        if not steps or not all(steps):
+            continue
+        epoch = min(max(h) for h in steps)
+        v = [h[epoch] for h in steps if epoch in h and math.isfinite(h[epoch])]
+        if v:
+            out[cell] = v
+            epochs.add(epoch)
+    return out, epochs
