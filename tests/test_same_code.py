@@ -1,5 +1,6 @@
 """``bench.store.tracking.same_code``: which earlier runs a suite reuses or resumes. A commit that
-changes no package code (the README, tests, results, a suite file's text) keeps them; one that
+changes no package code (the README, tests, results, a suite file's text, the report's code)
+keeps them; one that
 changes ``bench/`` or ``variants/`` does not; a dirty checkout is judged by its working tree."""
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def test_only_a_change_of_package_code_separates_two_commits(repo):
     assert not tracking.same_code(c, d)  # variants/ changed
     assert not tracking.same_code(d, e) and not tracking.same_code(a, e)  # bench/ changed
     assert tracking.same_code(e, e) and not tracking.same_code("", e) and not tracking.same_code("unknown", e)
+    (repo / "bench" / "plots").mkdir()
+    f = _commit(repo, "bench/plots/figures.py", "drawn = 1\n")  # the report: a long suite goes on
+    assert tracking.same_code(e, f) and not tracking.same_code(d, f)
 
 
 def test_a_dirty_checkout_is_judged_by_its_working_tree(repo):
