@@ -792,8 +792,7 @@ def published(ctx: Context):
         "ones left out, so this curve describes the trials successive halving let through). Without one, the trials "
         "that trained to the end.")
 def tuning_curve(ctx: Context):
-    from bench.plots.tuning import completed, search_spec
-    from bench.store.tracking import TAG_SEARCH_PRUNED
+    from bench.plots.tuning import completed, pruned, search_spec
     from bench.tuning import expected_max
 
     trials = ctx.trials
@@ -806,8 +805,7 @@ def tuning_curve(ctx: Context):
     budget = trials.groupby("cell").size()
     stages = []  # (title, {cell: curve})
     if spec is not None and spec.pruner != "none":
-        pruned = trials[f"tags.{TAG_SEARCH_PRUNED}"].notna() if f"tags.{TAG_SEARCH_PRUNED}" in trials else False
-        first, epochs = _every_trial_scores(ctx, trials[(trials["status"] == "FINISHED") | pruned], metric)
+        first, epochs = _every_trial_scores(ctx, trials[completed(trials) | pruned(trials)], metric)
         curves = {c: expected_max(v, budget[c], higher) for c, v in first.items() if len(v) >= 2}
         if curves:
             at = f"epoch {epochs.pop()}" if len(epochs) == 1 else "the epoch all of its cell's trials reached"
@@ -861,7 +859,7 @@ def _every_trial_scores(ctx: Context, trials: pd.DataFrame, metric: str) -> tupl
     out, epochs = {}, set()
     for cell, t in trials.groupby("cell"):
         steps = [histories[rid] for rid in t["run_id"]]
-        if not steps or not all(steps):
+        if not all(steps):
             continue
         epoch = min(max(h) for h in steps)
         v = [h[epoch] for h in steps if epoch in h and math.isfinite(h[epoch])]

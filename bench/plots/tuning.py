@@ -68,10 +68,15 @@ def _mean_sd(v: pd.Series, decimals: int) -> str:
     return f"{v.mean():.{decimals}f} ± {v.std(ddof=1):.{decimals}f} ({len(v)} seeds)"
 
 
+def pruned(trials: pd.DataFrame) -> pd.Series:
+    """Trials a pruner stopped (tag ``vaebench.search.pruned``, the epoch)."""
+    col = f"tags.{TAG_SEARCH_PRUNED}"
+    return trials[col].notna() if col in trials else pd.Series(False, index=trials.index)
+
+
 def completed(trials: pd.DataFrame) -> pd.Series:
     """Trials that trained to the end: FINISHED and not pruned."""
-    pruned = trials[f"tags.{TAG_SEARCH_PRUNED}"].notna() if f"tags.{TAG_SEARCH_PRUNED}" in trials else False
-    return (trials["status"] == "FINISHED") & ~pruned
+    return (trials["status"] == "FINISHED") & ~pruned(trials)
 
 
 def tuning_section(finals: pd.DataFrame, trials: pd.DataFrame, spec) -> list[str]:
@@ -99,7 +104,7 @@ def tuning_section(finals: pd.DataFrame, trials: pd.DataFrame, spec) -> list[str
     cells = sorted(trials["cell"].unique())
     for cell in cells:
         t = trials[trials["cell"] == cell]
-        pruned = int(t[f"tags.{TAG_SEARCH_PRUNED}"].notna().sum()) if f"tags.{TAG_SEARCH_PRUNED}" in t else 0
+        n_pruned = int(pruned(t).sum())
         failed = int((t["status"] == "FAILED").sum())
         f = finals[finals.get(f"tags.{TAG_SEARCH_CELL}", pd.Series(dtype=object)) == cell] \
             if f"tags.{TAG_SEARCH_CELL}" in finals else finals.iloc[:0]
@@ -110,7 +115,7 @@ def tuning_section(finals: pd.DataFrame, trials: pd.DataFrame, spec) -> list[str
         t = t[values(t, metric).notna() | (t["status"] == "FAILED")]  # begun (a search under way has trials not begun)
         runs = t["run_id"].nunique()
         n_trials = f"{len(t)} ({runs} runs)" if runs < len(t) else f"{len(t)}"
-        out.append(f"| {cell} | {n_trials} | {pruned} | {failed} | {setting} | {score} | "
+        out.append(f"| {cell} | {n_trials} | {n_pruned} | {failed} | {setting} | {score} | "
                    + " | ".join(_mean_sd(values(f, x.name), x.decimals) for x in tests) + " |")
     out += ["", "The trials' own runs are in the store (tag `vaebench.search.cell`), beside the study of each cell; "
             "`runs.csv` holds the final runs only."]

@@ -9,8 +9,9 @@ suite's runs validated (:func:`plan`), and each run's identity (:func:`run_key`)
    child run's tag ``vaebench.run_key``. A FINISHED run of the same key *and the same code* is
    reused, not recomputed, and an interrupted one resumed: the same commit (the ``git_commit``
    tag, ``git describe --dirty``), or a commit whose package code (``bench/`` but its suite files
-   and the report's ``bench/plots``, ``variants/``) does not differ from this checkout's (``bench.store.tracking.same_code``), so a
-   commit of documentation, tests or results does not restart a suite of hours. ``--fresh``
+   and the report's ``bench/plots``, ``variants/``) does not differ from this checkout's
+   (``bench.store.tracking.same_code``), so a commit of documentation, tests, results or the
+   report does not restart a suite of hours. ``--fresh``
    recomputes everything (earlier runs stay in the store).
 """
 

@@ -228,10 +228,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-# What a run computes with: the package code. Not the suite files (a changed setting changes the run
-# keys; a changed description changes nothing), not the README, the tests or results/.
-# the code a run's numbers come from: not the suite files (a run's configuration is its key) and
-# not the report (bench/plots draws the report and the figures a run uploads beside its metrics)
+# What a run's numbers are computed with: the package code. Not the suite files (a changed setting
+# changes the run keys; a changed description changes nothing), not the report (bench/plots draws it
+# and the figures a run uploads beside its metrics), not the README, the tests or results/.
 CODE_PATHS = ("bench", "variants", ":(exclude)bench/suites", ":(exclude)bench/plots")
 _SAME_CODE: dict[tuple[str, str], bool] = {}
 
