@@ -330,3 +330,28 @@ def test_the_store_is_named_without_paths_or_passwords(tmp_path, monkeypatch):
     assert store_name("sqlite:////elsewhere/x/mlflow.db") == "sqlite store mlflow.db"
     assert store_name("postgresql+psycopg://vaebench:s3cret@127.0.0.1:5432/mlflow") == "postgresql database mlflow"
     assert store_name("http://127.0.0.1:5000") == "http tracking server"
+
+
+def test_a_validation_only_suite_reports_its_validation_elbo(tmp_path):
+    """Runs made with evaluate = "validation" (an ablation of search trials) have no test metrics:
+    the report gives their validation ELBO at the last epoch and the best over the epochs (mean ±
+    sd over seeds, the epoch of each seed's best), and does not call their test metrics missing."""
+    uri, client, exp, scratch = _suite_store(tmp_path, "valonly")
+    pid = client.create_run(exp, run_name="valonly", tags={"vaebench.role": "parent"}).info.run_id
+    curves = {0: [-50.0, -41.0, -43.0], 1: [-52.0, -44.0, -42.0]}  # seed 0 peaks at epoch 2, seed 1 at 3
+    ts = int(time.time() * 1000)
+    for seed, curve in curves.items():
+        rid = _child(client, exp, pid, "vanilla", "elbo", seed, scratch, metrics=False, final=False,
+                     extra={"evaluate": "validation"})
+        client.log_batch(rid, metrics=[Metric("val/elbo", v, ts, e) for e, v in enumerate(curve, 1)]
+                         + [Metric(m, 1.0, ts, 3) for m in ("perf/train_seconds", "perf/train_examples_per_s",
+                                                            "perf/peak_mem_mb")])
+    plots.draw("valonly", tmp_path / "out", uri)
+    readme = (tmp_path / "out" / "valonly" / "README.md").read_text()
+    head, rows = _table(readme, "Validation ELBO of the validation-only runs")
+    row = dict(zip(head, rows[("vanilla", "elbo")]))
+    assert row["seeds"] == "2" and row["epochs"] == "3"
+    assert row["validation ELBO at the last epoch [nats] ↑"] == "-42.50 ± 0.71"
+    assert row["best validation ELBO [nats] ↑"] == "-41.50 ± 0.71"
+    assert row["at epoch"] == "2, 3"
+    assert "missing in" not in readme  # test/*, gap/*, grad/* are not expected of such runs

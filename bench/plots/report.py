@@ -23,7 +23,7 @@ from bench.plots import tuning as tuning_report
 from bench.plots.figures import FIGURES, Context
 from bench.plots.store import KEY
 from bench.plots.style import save
-from bench.plots.tables import markdown_tables, summary_table
+from bench.plots.tables import markdown_tables, summary_table, validation_section
 
 PROTOCOL_PARAMS = [
     "dataset", "binarization", "eval_k", "epochs", "batch_size", "lr", "latent_dim", "k",
@@ -80,7 +80,7 @@ def _figures_section(figures) -> list[str]:
     return out
 
 
-def _report(suite, df, summary, figures, notes, tracking_uri, published_md=(), tuning_md=()) -> str:
+def _report(suite, df, summary, figures, notes, tracking_uri, published_md=(), tuning_md=(), validation_md=()) -> str:
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [f"# vaebench results: suite `{suite}`", ""]
     desc = _description(suite)
@@ -102,7 +102,7 @@ def _report(suite, df, summary, figures, notes, tracking_uri, published_md=(), t
             "seed shows its value alone), `seeds` the runs behind it. ↑ higher is better, ↓ lower is better. "
             "`—`: not in the store; `n/a`: not applicable to the variant (reason under the table). The same "
             "numbers are in `summary.csv` (means, sds and counts) and every run in `runs.csv`.", "",
-            *markdown_tables(df, summary), *published_md, *tuning_md]
+            *markdown_tables(df, summary), *validation_md, *published_md, *tuning_md]
     out += ["## Figures", "", *_figures_section(figures)]
     out += ["## Protocol", "", *_protocol(df), "",
             f"{len(df)} run(s); statuses: "
@@ -134,10 +134,14 @@ def draw(suite: str, out: Path, tracking_uri: str, published=None) -> list[Path]
     summary = pd.DataFrame()
     published_md: list[str] = []
     tuning_md: list[str] = []
+    validation_md: list[str] = []
     trials = store.load_trials(suite, tracking_uri)
     if not df.empty:
         notes += store.missing_notes(df, store.expected_metrics())
         summary = summary_table(df)
+        val_runs = df[store.validation_only(df)]
+        if not val_runs.empty:
+            validation_md = validation_section(df, store.history(store.client(tracking_uri), val_runs, "val/elbo"))
         ctx = Context(suite, df, tracking_uri, notes, published, trials=trials)
         tuning_md = tuning_report.tuning_section(df, trials, tuning_report.search_spec(suite, tracking_uri))
         if published is not None:
@@ -167,7 +171,7 @@ def draw(suite: str, out: Path, tracking_uri: str, published=None) -> list[Path]
     for n in notes:
         print(f"vaebench plots [{suite}]: {n}", file=sys.stderr)
     readme = dest / "README.md"
-    readme.write_text(_report(suite, df, summary, figures, notes, tracking_uri, published_md, tuning_md),
+    readme.write_text(_report(suite, df, summary, figures, notes, tracking_uri, published_md, tuning_md, validation_md),
                       encoding="utf-8")
     written.append(readme)
     return written

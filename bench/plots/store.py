@@ -234,13 +234,24 @@ def expected_metrics() -> list[str]:
     return [m.name for m in vocabulary.table_metrics() if "<" not in m.name and not m.optional] + ["val/elbo"]
 
 
+# what a run with evaluate = "validation" (a search trial's kind of run) logs: it never reads the test split
+VALIDATION_ONLY_LOGS = ("val/", "train/", "perf/train_", "perf/peak_mem")
+
+
+def validation_only(df: pd.DataFrame) -> pd.Series:
+    """Runs made with ``evaluate = "validation"``: trained and scored on the validation split only."""
+    return df["params.evaluate"].eq("validation") if "params.evaluate" in df else pd.Series(False, index=df.index)
+
+
 def missing_notes(df: pd.DataFrame, names: list[str]) -> list[str]:
     """One note per set of runs that lacks the same metrics: "metric(s) a, b missing in ...".
     A metric a run skipped by design (not applicable to its variant, the reason in its tags) is
-    not missing."""
+    not missing, nor a final measurement of a validation-only run."""
     by_runs: dict[tuple[str, ...], list[str]] = {}
+    val_only = validation_only(df)
     for name in names:
-        missing = df["run_name"][values(df, name).isna() & ~skipped(df, name)]
+        unlogged = val_only & (not name.startswith(VALIDATION_ONLY_LOGS))
+        missing = df["run_name"][values(df, name).isna() & ~skipped(df, name) & ~unlogged]
         if len(missing):
             by_runs.setdefault(tuple(missing.astype(str)), []).append(name)
     notes = []

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from bench import vocabulary
-from bench.plots.store import KEY, metric_names, setting_order, skip_reason, values
+from bench.plots.store import KEY, metric_names, setting_order, skip_reason, validation_only, values
 
 NA = "n/a"  # a measurement the variant skips by design (the reason under the table)
 MISSING = "—"  # not in the store (a failed run, or an older version of the harness)
@@ -115,3 +115,33 @@ def markdown_tables(df: pd.DataFrame, summary: pd.DataFrame, level: str = "###")
             out += [f"{NA}: not applicable, by design (the run's tag `vaebench.skipped.<measurement>`): "
                     + "; ".join(f"{v} ({', '.join(labels)}): {why}" for (v, why), labels in reasons.items()) + ".", ""]
     return out
+
+
+def validation_section(df: pd.DataFrame, history: pd.DataFrame, level: str = "###") -> list[str]:
+    """The result of validation-only runs (``evaluate = "validation"``, which have no test metrics):
+    per (variant, objective, dataset) the validation ELBO at the last epoch, and the best over the
+    epochs with the epoch of it, mean ± sd over seeds. ``history`` is ``store.history`` of
+    ``val/elbo`` for those runs. Markdown lines; none when no run is validation-only."""
+    runs = df[validation_only(df)]
+    if runs.empty or history.empty:
+        return []
+    per_run = []
+    for rid, h in history.groupby("run_id"):
+        h = h.sort_values("step")
+        best = h.loc[h["value"].idxmax()]
+        per_run.append({"run_id": rid, "epoch": int(h["step"].iloc[-1]), "last": h["value"].iloc[-1],
+                        "best": best["value"], "best_epoch": int(best["step"])})
+    per_run = runs[[*KEY, "run_id"]].merge(pd.DataFrame(per_run), on="run_id")
+    lines = ["| " + " | ".join([*KEY, "seeds", "epochs", "validation ELBO at the last epoch [nats] ↑",
+                                "best validation ELBO [nats] ↑", "at epoch"]) + " |", "|" + "---|" * (len(KEY) + 5)]
+    groups = sorted(per_run.groupby(KEY, sort=True), key=lambda kg: (setting_order(kg[0][0]), *kg[0][1:]))
+    for key, g in groups:
+        epochs = ", ".join(str(e) for e in sorted(set(g["epoch"])))
+        lines.append("| " + " | ".join([*key, str(len(g)), epochs, fmt(g["last"].mean(), sd(g["last"]), len(g), 2),
+                                         fmt(g["best"].mean(), sd(g["best"]), len(g), 2),
+                                         ", ".join(str(e) for e in g["best_epoch"])]) + " |")
+    return [f"{level} Validation ELBO of the validation-only runs", "",
+            'Runs made with `evaluate = "validation"` train on the training split and are scored on the validation '
+            "split only; they have no test metrics. Nats per example, higher is better: the validation ELBO after the "
+            "run's last epoch and the best over its epochs, mean ± sd over seeds, and the epoch of each seed's best "
+            "(a run still training shows the epoch it reached).", "", *lines, ""]
