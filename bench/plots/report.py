@@ -139,10 +139,10 @@ def draw(suite: str, out: Path, tracking_uri: str, published=None) -> list[Path]
     if not df.empty:
         notes += store.missing_notes(df, store.expected_metrics())
         summary = summary_table(df)
+        ctx = Context(suite, df, tracking_uri, notes, published, trials=trials)
         val_runs = df[store.validation_only(df)]
         if not val_runs.empty:
-            validation_md = validation_section(df, store.history(store.client(tracking_uri), val_runs, "val/elbo"))
-        ctx = Context(suite, df, tracking_uri, notes, published, trials=trials)
+            validation_md = validation_section(val_runs, store.history(ctx.client, val_runs, "val/elbo"))
         tuning_md = tuning_report.tuning_section(df, trials, tuning_report.search_spec(suite, tracking_uri))
         if published is not None:
             ctx.pub = pubs.published_frame(df, published, notes)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from bench import vocabulary
-from bench.plots.store import KEY, metric_names, setting_order, skip_reason, validation_only, values
+from bench.plots.store import KEY, metric_names, setting_order, skip_reason, values
 
 NA = "n/a"  # a measurement the variant skips by design (the reason under the table)
 MISSING = "—"  # not in the store (a failed run, or an older version of the harness)
@@ -117,12 +117,11 @@ def markdown_tables(df: pd.DataFrame, summary: pd.DataFrame, level: str = "###")
     return out
 
 
-def validation_section(df: pd.DataFrame, history: pd.DataFrame, level: str = "###") -> list[str]:
+def validation_section(runs: pd.DataFrame, history: pd.DataFrame, level: str = "###") -> list[str]:
     """The result of validation-only runs (``evaluate = "validation"``, which have no test metrics):
     per (variant, objective, dataset) the validation ELBO at the last epoch, and the best over the
-    epochs with the epoch of it, mean ± sd over seeds. ``history`` is ``store.history`` of
-    ``val/elbo`` for those runs. Markdown lines; none when no run is validation-only."""
-    runs = df[validation_only(df)]
+    epochs with the epoch of it, mean ± sd over seeds. ``runs``: those runs (``store.load_runs``
+    rows); ``history``: ``store.history`` of their ``val/elbo``. Markdown lines; none without one."""
     if runs.empty or history.empty:
         return []
     per_run = []
